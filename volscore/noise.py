@@ -1,0 +1,108 @@
+"""Noise levels: sigma schedules, sigma sampling for training, and rank-agnostic broadcasting.
+
+One source of truth for the sigmas used by the losses and the samplers (NCSN, NCSNv2, EDM).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def append_dims(x: Tensor, target_ndim: int) -> Tensor:
+    """Append trailing singleton dims so a per-sample tensor of shape (B,) broadcasts against (B, ...).
+
+    Unlike ``x[:, None, None, None]`` this is right for vectors, images and volumes alike.
+    """
+    missing = target_ndim - x.ndim
+    if missing < 0:
+        raise ValueError(f"input has {x.ndim} dims but target_ndim is {target_ndim}")
+    return x.reshape(*x.shape, *([1] * missing))
+
+
+def as_sigma_batch(sigma: float | Tensor, batch: int, device: torch.device | str | None = None) -> Tensor:
+    """Return sigma as a float32 tensor of shape (batch,), from a float, a 0-d or a (batch,) tensor."""
+    sigma_t = torch.as_tensor(sigma, dtype=torch.float32, device=device)
+    if sigma_t.ndim == 0:
+        return sigma_t.expand(batch).clone()
+    if sigma_t.shape != (batch,):
+        raise ValueError(f"sigma must be a scalar or of shape ({batch},), got {tuple(sigma_t.shape)}")
+    return sigma_t
+
+
+def geometric_sigmas(sigma_max: float, sigma_min: float, num_sigmas: int) -> Tensor:
+    """NCSN's geometric schedule sigma_1 > ... > sigma_L (float32, descending)."""
+    if not (sigma_max > sigma_min > 0):
+        raise ValueError(f"need sigma_max > sigma_min > 0, got {sigma_max}, {sigma_min}")
+    if num_sigmas < 2:
+        raise ValueError(f"num_sigmas must be >= 2, got {num_sigmas}")
+    return torch.exp(torch.linspace(math.log(sigma_max), math.log(sigma_min), num_sigmas, dtype=torch.float64)).float()
+
+
+def sigma_max_from_data(x: Tensor, max_points: int = 2000, generator: torch.Generator | None = None) -> float:
+    """NCSNv2 technique 1: sigma_1 about the largest Euclidean distance between training points.
+
+    x has shape (N, ...); at most ``max_points`` points are drawn (without replacement) so the
+    cost stays O(max_points^2 * d).
+    """
+    n = x.shape[0]
+    if n < 2:
+        raise ValueError("need at least two data points to measure pairwise distances")
+    flat = x.reshape(n, -1).double()
+    if n > max_points:
+        flat = flat[torch.randperm(n, generator=generator)[:max_points]]
+    return float(torch.cdist(flat, flat).max())
+
+
+def _overlap(gamma: float, d: int) -> float:
+    # NCSNv2 eq. (technique 2): mass of the sigma_i shell within 3 std of the sigma_{i-1} shell.
+    phi = torch.distributions.Normal(0.0, 1.0).cdf
+    a = math.sqrt(2 * d) * (gamma - 1)
+    return float(phi(torch.tensor(a + 3 * gamma)) - phi(torch.tensor(a - 3 * gamma)))
+
+
+def ncsnv2_gamma(d: int, target: float = 0.5) -> float:
+    """NCSNv2 technique 2: the ratio gamma = sigma_{i-1} / sigma_i for data of dimension d.
+
+    Solves Phi(sqrt(2d)(gamma - 1) + 3 gamma) - Phi(sqrt(2d)(gamma - 1) - 3 gamma) = target by bisection
+    (the left side falls monotonically in gamma for gamma > 1).
+    """
+    lo, hi = 1.0 + 1e-9, 10.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if _overlap(mid, d) > target:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def ncsnv2_num_sigmas(d: int, sigma_max: float, sigma_min: float, target: float = 0.5) -> int:
+    """Number of geometric levels from sigma_max to sigma_min with NCSNv2's ratio for dimension d."""
+    gamma = ncsnv2_gamma(d, target)
+    return int(math.ceil(math.log(sigma_max / sigma_min) / math.log(gamma))) + 1
+
+
+def sample_sigmas_discrete(batch: int, sigmas: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Draw per-sample sigmas uniformly from a discrete schedule (NCSN training)."""
+    idx = torch.randint(len(sigmas), (batch,), generator=generator, device=sigmas.device)
+    return sigmas[idx]
+
+
+def sample_sigmas_lognormal(
+    batch: int,
+    p_mean: float,
+    p_std: float,
+    generator: torch.Generator | None = None,
+    sigma_min: float | None = None,
+    sigma_max: float | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Draw per-sample sigmas with ln sigma ~ N(p_mean, p_std^2) (EDM training), optionally clamped."""
+    z = torch.randn(batch, generator=generator, device=device)
+    sigma = torch.exp(p_mean + p_std * z)
+    if sigma_min is not None or sigma_max is not None:
+        sigma = sigma.clamp(min=sigma_min, max=sigma_max)
+    return sigma
