@@ -38,7 +38,9 @@ def geometric_sigmas(sigma_max: float, sigma_min: float, num_sigmas: int) -> Ten
         raise ValueError(f"need sigma_max > sigma_min > 0, got {sigma_max}, {sigma_min}")
     if num_sigmas < 2:
         raise ValueError(f"num_sigmas must be >= 2, got {num_sigmas}")
-    return torch.exp(torch.linspace(math.log(sigma_max), math.log(sigma_min), num_sigmas, dtype=torch.float64)).float()
+    return torch.exp(
+        torch.linspace(math.log(sigma_max), math.log(sigma_min), num_sigmas, dtype=torch.float64)
+    ).float()
 
 
 def sigma_max_from_data(x: Tensor, max_points: int = 2000, generator: torch.Generator | None = None) -> float:

@@ -1,0 +1,265 @@
+"""Tests for volscore/data/nifti.py on small hand-made NIfTI files in tmp_path.
+
+Round trips (float64 input; int16 with scl_slope/scl_inter applied on load; float32 output, same shape and
+affine, no rescaling), every refused input (each VolumeError must name the file), path resolution, the
+refusal to overwrite the input (directly or through a symlink), atomic writes, and the intensity scaler.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from volscore.data import nifti
+from volscore.data.nifti import (
+    IntensityScaler,
+    VolumeError,
+    describe,
+    load_volume,
+    resolve_paths,
+    save_nifti,
+    save_volume,
+)
+
+AFFINE = np.array([[-2.0, 0, 0, 90], [0, 2.0, 0, -126], [0, 0, 2.5, -72], [0, 0, 0, 1]])
+
+
+def _write(path, data, affine=AFFINE, header=None):
+    nib.Nifti1Image(data, affine, header).to_filename(path)
+    return path
+
+
+def _rng():
+    return np.random.default_rng(0)
+
+
+def test_float64_round_trip(tmp_path):
+    data = _rng().normal(size=(5, 6, 7))
+    src = _write(tmp_path / "in.nii.gz", data)
+    vol = load_volume(src)
+    assert vol.data.dtype == np.float32 and vol.data.flags.c_contiguous and vol.data.shape == (5, 6, 7)
+    np.testing.assert_allclose(vol.data, data.astype(np.float32))
+    np.testing.assert_array_equal(vol.affine, AFFINE)
+    assert vol.zooms == (2.0, 2.0, 2.5)
+
+    out = tmp_path / "out.nii.gz"
+    save_volume(out, vol.data * 3.0, vol)
+    back = nib.load(out)
+    assert back.shape == (5, 6, 7) and back.get_data_dtype() == np.float32
+    np.testing.assert_array_equal(back.affine, AFFINE)
+    np.testing.assert_array_equal(np.asarray(back.dataobj), vol.data * 3.0)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16])
+def test_integer_input_with_scaling_is_applied_and_not_reapplied_on_save(tmp_path, dtype):
+    raw = np.arange(4 * 5 * 6, dtype=dtype).reshape(4, 5, 6) % 100
+    img = nib.Nifti1Image(raw, AFFINE)
+    img.header.set_data_dtype(dtype)
+    img.header.set_slope_inter(2.0, 10.0)
+    src = tmp_path / "int.nii.gz"
+    img.to_filename(src)
+    vol = load_volume(src)
+    np.testing.assert_array_equal(vol.data, raw.astype(np.float32) * 2 + 10)
+
+    # Fractional float output must come back exactly: no integer rescale, no slope applied twice.
+    result = vol.data / 7.0 - 0.25
+    out = tmp_path / "int_out.nii"
+    save_volume(out, torch.from_numpy(result), vol)
+    back = nib.load(out)
+    assert back.get_data_dtype() == np.float32
+    assert back.dataobj.slope == 1.0 and back.dataobj.inter == 0.0
+    np.testing.assert_array_equal(np.asarray(back.dataobj), result)
+    np.testing.assert_array_equal(back.affine, AFFINE)
+
+
+def test_big_endian_loads_native(tmp_path):
+    data = np.arange(24, dtype=">f4").reshape(2, 3, 4)
+    src = _write(tmp_path / "be.nii", data, header=nib.Nifti1Header(endianness=">"))
+    assert nib.load(src).header.endianness == ">"
+    vol = load_volume(src)
+    assert vol.data.dtype == np.dtype(np.float32) and vol.data.dtype.isnative
+    np.testing.assert_array_equal(torch.from_numpy(vol.data).numpy(), np.arange(24).reshape(2, 3, 4))
+
+
+def test_4d_needs_index(tmp_path):
+    data = np.stack([np.full((3, 4, 5), float(t)) for t in range(3)], axis=-1)
+    src = _write(tmp_path / "four.nii.gz", data)
+    with pytest.raises(VolumeError, match="four.nii.gz.*volume_index"):
+        load_volume(src)
+    assert np.all(load_volume(src, volume_index=2).data == 2.0)
+    assert np.all(load_volume(src, volume_index=-3).data == 0.0)
+    with pytest.raises(VolumeError, match="four.nii.gz.*out of range"):
+        load_volume(src, volume_index=3)
+    # A single trailing time point is just a 3D volume.
+    single = _write(tmp_path / "single.nii.gz", data[..., :1])
+    assert load_volume(single).data.shape == (3, 4, 5)
+
+
+def _bad_files(tmp_path):
+    """(name, path, expected message part) for every kind of unusable input."""
+    good = _write(tmp_path / "good.nii.gz", _rng().normal(size=(16, 16, 16)).astype(np.float32))
+    assert len(good.read_bytes()) > 10_000  # so that half of it still holds the header
+    cut_header = tmp_path / "cut_header.nii.gz"
+    cut_header.write_bytes(good.read_bytes()[:100])
+    random = tmp_path / "random.nii.gz"
+    random.write_bytes(_rng().bytes(2000))
+    truncated = tmp_path / "truncated.nii.gz"
+    truncated.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    plain_gz = tmp_path / "notnifti.nii.gz"
+    plain_gz.write_bytes(gzip.compress(b"hello, not an image" * 50))
+    nan = np.ones((4, 4, 4), np.float32)
+    nan[1, 2, 3] = np.nan
+    return [
+        (tmp_path / "missing.nii.gz", "no such file"),
+        (random, "not a readable NIfTI"),
+        (plain_gz, "not a readable NIfTI"),
+        (truncated, "truncated or corrupt"),
+        (cut_header, "not a readable NIfTI"),
+        (_write(tmp_path / "flat.nii.gz", np.ones((4, 5), np.float32)), "2D image"),
+        (_write(tmp_path / "empty.nii.gz", np.ones((4, 0, 4), np.float32)), "zero-size"),
+        (_write(tmp_path / "nan.nii.gz", nan), "1 NaN voxels"),
+        (_write(tmp_path / "inf.nii", np.full((2, 2, 2), np.inf, np.float32)), "8 Inf voxels"),
+    ]
+
+
+def test_bad_inputs_raise_volume_error_naming_the_file(tmp_path):
+    for path, problem in _bad_files(tmp_path):
+        with pytest.raises(VolumeError) as info:
+            load_volume(path)
+        message = str(info.value)
+        assert path.name in message, message
+        assert problem in message, message
+
+
+def test_wrong_extension(tmp_path):
+    text = tmp_path / "scan.txt"
+    text.write_text("x")
+    for call in (load_volume, resolve_paths, describe):
+        with pytest.raises(VolumeError, match="scan.txt.*wrong extension"):
+            call(text)
+
+
+def test_resolve_paths(tmp_path, monkeypatch):
+    for name in ("b.nii.gz", "a.nii", "c.nii.gz"):
+        _write(tmp_path / name, np.zeros((2, 2, 2), np.float32))
+    (tmp_path / "notes.md").write_text("not a scan")
+    assert [p.name for p in resolve_paths(tmp_path)] == ["a.nii", "b.nii.gz", "c.nii.gz"]
+    assert [p.name for p in resolve_paths(str(tmp_path / "*.nii.gz"))] == ["b.nii.gz", "c.nii.gz"]
+    listed = resolve_paths([tmp_path / "c.nii.gz", tmp_path / "a.nii"])
+    assert [p.name for p in listed] == ["c.nii.gz", "a.nii"]  # a list keeps its order
+    with pytest.raises(VolumeError, match="notes.md.*wrong extension"):
+        resolve_paths(str(tmp_path / "*"))
+
+    empty = tmp_path / "empty_dir"
+    empty.mkdir()
+    with pytest.raises(VolumeError, match="empty_dir.*no .nii"):
+        resolve_paths(empty)
+    with pytest.raises(VolumeError, match="nothing.*matches no files"):
+        resolve_paths(str(tmp_path / "nothing*.nii.gz"))
+    with pytest.raises(VolumeError, match="missing.nii.*no such file"):
+        resolve_paths([tmp_path / "a.nii", tmp_path / "missing.nii"])
+
+    assert resolve_paths("mni152")[0].name == nifti.MNI152_FILE
+    monkeypatch.setenv("VOLSCORE_DATA", str(tmp_path))
+    with pytest.raises(VolumeError, match="MNI152 template not found"):
+        resolve_paths("mni152")
+    _write(tmp_path / nifti.MNI152_FILE, np.zeros((2, 2, 2), np.float32))
+    assert resolve_paths("mni152") == [tmp_path / nifti.MNI152_FILE]
+
+
+def test_save_refuses_to_overwrite_the_input(tmp_path):
+    src = _write(tmp_path / "in.nii.gz", np.ones((3, 3, 3), np.float32))
+    before = src.read_bytes()
+    vol = load_volume(src)
+    link = tmp_path / "link.nii.gz"
+    link.symlink_to(src)
+    hard = tmp_path / "hard.nii.gz"
+    os.link(src, hard)
+    for out in (src, tmp_path / "." / "in.nii.gz", link, hard):
+        with pytest.raises(VolumeError, match="refusing to overwrite"):
+            save_volume(out, vol.data + 1, vol)
+    assert src.read_bytes() == before
+    # The same holds when the input itself was opened through the symlink.
+    with pytest.raises(VolumeError, match="refusing"):
+        save_volume(src, vol.data, load_volume(link))
+
+
+def test_save_checks_shape_and_extension(tmp_path):
+    vol = load_volume(_write(tmp_path / "in.nii.gz", np.ones((3, 3, 3), np.float32)))
+    with pytest.raises(VolumeError, match="out.nii.gz.*shape"):
+        save_volume(tmp_path / "out.nii.gz", np.ones((3, 3, 4)), vol)
+    with pytest.raises(VolumeError, match="out.npy.*wrong extension"):
+        save_volume(tmp_path / "out.npy", vol.data, vol)
+    with pytest.raises(VolumeError, match="does not exist"):
+        save_volume(tmp_path / "nodir" / "out.nii.gz", vol.data, vol)
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    vol = load_volume(_write(tmp_path / "in.nii.gz", np.ones((3, 3, 3), np.float32)))
+    out = tmp_path / "out.nii.gz"
+    out.write_bytes(b"previous result")
+
+    def broken_save(img, filename):
+        with open(filename, "wb") as f:
+            f.write(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(nib, "save", broken_save)
+    listing = sorted(os.listdir(tmp_path))
+    for call in (lambda: save_volume(out, vol.data, vol), lambda: save_nifti(tmp_path / "new.nii", vol.data)):
+        with pytest.raises(VolumeError, match="write failed.*disk full"):
+            call()
+    assert sorted(os.listdir(tmp_path)) == listing  # no temporary left, no new file
+    assert out.read_bytes() == b"previous result"
+
+
+def test_save_nifti(tmp_path):
+    data = _rng().normal(size=(4, 5, 6)).astype(np.float32)
+    save_nifti(tmp_path / "sample.nii.gz", torch.from_numpy(data), AFFINE)
+    back = nib.load(tmp_path / "sample.nii.gz")
+    assert back.get_data_dtype() == np.float32
+    np.testing.assert_array_equal(np.asarray(back.dataobj), data)
+    np.testing.assert_array_equal(back.affine, AFFINE)
+    save_nifti(tmp_path / "eye.nii", data)
+    np.testing.assert_array_equal(nib.load(tmp_path / "eye.nii").affine, np.eye(4))
+
+
+def test_describe(tmp_path):
+    data = np.arange(60, dtype=np.float32).reshape(3, 4, 5)
+    data[0, 0, 0] = np.nan
+    text = describe(_write(tmp_path / "d.nii.gz", data))
+    for part in ("d.nii.gz", "3 x 4 x 5", "2 x 2 x 2.5", "LAS", "float32", "max 59", "1 NaN, 0 Inf"):
+        assert part in text, text
+
+
+def test_bundled_template():
+    vol = load_volume(resolve_paths("mni152")[0])
+    assert vol.shape == (197, 233, 189)
+    assert "".join(nib.aff2axcodes(vol.affine)) == "RAS"
+    assert vol.data.min() == 0 and vol.data.max() == 255
+
+
+def test_intensity_scaler():
+    x = _rng().gamma(2.0, 50.0, size=(20, 20, 20)).astype(np.float32)
+    scaler = IntensityScaler.fit(x)
+    assert scaler.lo == pytest.approx(np.percentile(x, 0.5))
+    assert scaler.hi == pytest.approx(np.percentile(x, 99.5))
+    y = scaler.forward(x)
+    assert y.dtype == np.float32
+    assert abs(np.percentile(y, 0.5)) < 1e-5 and abs(np.percentile(y, 99.5) - 1) < 1e-5
+    np.testing.assert_allclose(scaler.inverse(y), x, rtol=1e-5, atol=1e-4)
+    t = torch.from_numpy(x)
+    torch.testing.assert_close(scaler.inverse(scaler.forward(t)), t, rtol=1e-5, atol=1e-4)
+    again = IntensityScaler.from_dict(json.loads(json.dumps(scaler.to_dict())))
+    assert again == scaler
+
+    with pytest.raises(ValueError, match="constant image"):
+        IntensityScaler.fit(np.full((4, 4, 4), 3.0))
+    with pytest.raises(ValueError, match="NaN"):
+        IntensityScaler.fit(np.array([1.0, np.nan, 2.0]))

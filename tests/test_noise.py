@@ -1,0 +1,90 @@
+"""Tests for volscore.noise: schedules, NCSNv2's techniques, sigma sampling and rank-agnostic broadcasting."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from volscore.noise import (
+    _overlap,
+    append_dims,
+    as_sigma_batch,
+    geometric_sigmas,
+    ncsnv2_gamma,
+    ncsnv2_num_sigmas,
+    sample_sigmas_discrete,
+    sample_sigmas_lognormal,
+    sigma_max_from_data,
+)
+
+
+@pytest.mark.parametrize("shape", [(4, 3), (4, 1, 5, 6), (4, 1, 3, 5, 7)])
+def test_append_dims_broadcasts_per_sample(shape):
+    x = torch.ones(shape)
+    sigma = torch.arange(1.0, 5.0)
+    out = append_dims(sigma, x.ndim) * x
+    for b in range(4):
+        assert torch.all(out[b] == sigma[b])
+
+
+def test_append_dims_rejects_lower_target():
+    with pytest.raises(ValueError):
+        append_dims(torch.ones(2, 3), 1)
+
+
+def test_as_sigma_batch_forms():
+    assert torch.equal(as_sigma_batch(0.5, 3), torch.full((3,), 0.5))
+    assert torch.equal(as_sigma_batch(torch.tensor([1.0, 2.0]), 2), torch.tensor([1.0, 2.0]))
+    with pytest.raises(ValueError, match="shape"):
+        as_sigma_batch(torch.ones(3), 2)
+
+
+def test_geometric_sigmas_endpoints_and_constant_ratio():
+    s = geometric_sigmas(50.0, 0.01, 12)
+    assert s.shape == (12,)
+    assert math.isclose(float(s[0]), 50.0, rel_tol=1e-6) and math.isclose(float(s[-1]), 0.01, rel_tol=1e-6)
+    ratios = s[:-1] / s[1:]
+    assert torch.allclose(ratios, ratios[0].expand_as(ratios), rtol=1e-5)
+    with pytest.raises(ValueError):
+        geometric_sigmas(0.01, 1.0, 10)
+    with pytest.raises(ValueError):
+        geometric_sigmas(1.0, 0.01, 1)
+
+
+def test_ncsnv2_gamma_solves_technique_2():
+    for d in (784, 32**3):
+        gamma = ncsnv2_gamma(d)
+        assert gamma > 1
+        assert abs(_overlap(gamma, d) - 0.5) < 1e-6
+    # Higher dimensions need closer noise levels.
+    assert ncsnv2_gamma(64**3) < ncsnv2_gamma(32**3) < ncsnv2_gamma(16**3)
+
+
+def test_ncsnv2_num_sigmas_covers_the_range():
+    d, smax, smin = 3072, 50.0, 0.01
+    n = ncsnv2_num_sigmas(d, smax, smin)
+    gamma = ncsnv2_gamma(d)
+    assert gamma ** (n - 1) >= smax / smin > gamma ** (n - 2)
+
+
+def test_sigma_max_from_data_is_the_largest_pairwise_distance():
+    x = torch.tensor([[0.0, 0.0], [3.0, 4.0], [1.0, 1.0]])
+    assert math.isclose(sigma_max_from_data(x), 5.0, rel_tol=1e-9)
+    g = torch.Generator().manual_seed(0)
+    big = torch.randn(500, 7, generator=g)
+    sub = sigma_max_from_data(big, max_points=100, generator=g)
+    assert 0 < sub <= sigma_max_from_data(big)
+
+
+def test_sigma_sampling():
+    g = torch.Generator().manual_seed(0)
+    sigmas = geometric_sigmas(1.0, 0.01, 5)
+    draws = sample_sigmas_discrete(2000, sigmas, g)
+    assert set(draws.tolist()) <= set(sigmas.tolist()) and len(set(draws.tolist())) == 5
+    ln = torch.log(sample_sigmas_lognormal(20000, -1.2, 1.2, g))
+    # Monte Carlo: the mean of 20,000 normals has standard error 1.2 / sqrt(20000) = 0.0085.
+    assert abs(float(ln.mean()) + 1.2) < 4 * 1.2 / math.sqrt(20000)
+    clamped = sample_sigmas_lognormal(1000, 0.0, 3.0, g, sigma_min=0.1, sigma_max=2.0)
+    assert float(clamped.min()) >= 0.1 and float(clamped.max()) <= 2.0
