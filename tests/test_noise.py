@@ -88,3 +88,13 @@ def test_sigma_sampling():
     assert abs(float(ln.mean()) + 1.2) < 4 * 1.2 / math.sqrt(20000)
     clamped = sample_sigmas_lognormal(1000, 0.0, 3.0, g, sigma_min=0.1, sigma_max=2.0)
     assert float(clamped.min()) >= 0.1 and float(clamped.max()) <= 2.0
+
+
+def test_ncsnv2_step_lr_reproduces_the_published_cifar10_value():
+    from volscore.noise import ncsnv2_step_lr
+
+    # NCSNv2 CIFAR-10: sigma 50 -> 0.01 over L = 232 levels, T = 5 steps each, published eps = 6.2e-6.
+    gamma = (50 / 0.01) ** (1 / 231)
+    assert abs(ncsnv2_step_lr(0.01, gamma, 5) / 6.2e-6 - 1) < 0.02
+    # More steps per level allow a smaller step.
+    assert ncsnv2_step_lr(0.01, gamma, 20) < ncsnv2_step_lr(0.01, gamma, 5)

@@ -108,3 +108,20 @@ def sample_sigmas_lognormal(
     if sigma_min is not None or sigma_max is not None:
         sigma = sigma.clamp(min=sigma_min, max=sigma_max)
     return sigma
+
+
+def ncsnv2_step_lr(sigma_min: float, gamma: float, n_steps_each: int) -> float:
+    """NCSNv2 technique 4: the annealed Langevin step_lr eps for the last level sigma_L = sigma_min.
+
+    Chooses eps so that after T = n_steps_each steps at one level the chain's variance matches the
+    level's (the ratio s_T^2 / sigma_i^2 of NCSNv2 Sec. 3.3 equals 1), with a = eps / sigma_L^2:
+    (1 - a)^{2T} (gamma^2 - 2a / (1 - (1 - a)^2)) + 2a / (1 - (1 - a)^2) = 1.
+    """
+
+    def ratio(a: float) -> float:
+        c = 2 * a / (1 - (1 - a) ** 2)
+        return (1 - a) ** (2 * n_steps_each) * (gamma**2 - c) + c
+
+    grid = torch.logspace(-8, -0.01, 4000, dtype=torch.float64).tolist()
+    best = min(grid, key=lambda a: abs(ratio(a) - 1.0))
+    return best * sigma_min**2

@@ -1,0 +1,336 @@
+"""The ``volscore`` command: thin subcommands over the package. Heavy imports live inside each command
+so that ``volscore --help`` answers at once."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+EXAMPLES = """examples:
+  volscore baseline --minutes 20                      # 2D MNIST: train, sample, evaluate
+  volscore train --data mnist --out runs/mnist --minutes 10
+  volscore sample --run runs/mnist --n 64 --out runs/mnist/grid.png
+  volscore info data/mni152_2009a_sym_t1_1mm.nii.gz
+"""
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "volscore"
+
+
+# -- train ---------------------------------------------------------------------------------------------
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    from volscore.config import AMP_MODES, OBJECTIVES, SIGMA_DISTS
+
+    p.add_argument(
+        "--data",
+        nargs="+",
+        required=True,
+        help="mnist | mnist:IDX_DIR | mni152 | NIfTI files, a folder or a glob",
+    )
+    p.add_argument("--out", required=True, help="run directory (config, checkpoint, metrics, plots)")
+    p.add_argument("--objective", choices=OBJECTIVES, default="dsm")
+    p.add_argument("--preset", choices=("tiny", "small", "base"), default="small")
+    p.add_argument("--steps", type=int, help="total training steps")
+    p.add_argument("--minutes", type=float, help="wall-clock budget of this invocation")
+    p.add_argument("--batch-size", type=int, help="default 64 for 2D images, 4 for 3D patches")
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--amp", choices=AMP_MODES, default="auto", help="auto: bf16 on CPU and capable GPUs")
+    p.add_argument("--sigma-dist", choices=SIGMA_DISTS, default="loguniform")
+    p.add_argument("--sigma-max", type=float, help="default: largest pairwise distance (NCSNv2)")
+    p.add_argument("--sigma-min", type=float, default=0.01)
+    p.add_argument("--num-sigmas", type=int, help="default: NCSNv2 technique 2 for the sample dimension")
+    p.add_argument("--patch-size", type=int, default=32, help="3D patch edge")
+    p.add_argument(
+        "--coords",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="3D: coordinate channels (position in the whole volume)",
+    )
+    p.add_argument("--spacing", type=float, help="3D: resample volumes to this isotropic spacing in mm")
+    p.add_argument("--full-volume", action="store_true", help="mni152: also train on the y >= 120 hold-out")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ckpt-every", type=int, default=500)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved configuration and stop")
+
+
+def _train_config(a: argparse.Namespace):
+    from volscore.config import TrainConfig
+
+    is_2d = len(a.data) == 1 and a.data[0].split(":")[0] == "mnist"
+    batch = a.batch_size or (64 if is_2d else 4)
+    return TrainConfig(
+        data=a.data,
+        out=a.out,
+        objective=a.objective,
+        preset=a.preset,
+        steps=a.steps,
+        minutes=a.minutes,
+        batch_size=batch,
+        lr=a.lr,
+        amp=a.amp,
+        sigma_dist=a.sigma_dist,
+        sigma_min=a.sigma_min,
+        sigma_max=a.sigma_max,
+        num_sigmas=a.num_sigmas,
+        patch_size=a.patch_size,
+        coords=a.coords,
+        spacing=a.spacing,
+        full_volume=a.full_volume,
+        seed=a.seed,
+        ckpt_every=a.ckpt_every,
+        device=a.device,
+    )
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from volscore.train import Trainer
+
+    cfg = _train_config(a)
+    if a.dry_run:
+        cfg.validate()
+        print(json.dumps(cfg.to_dict(), indent=2))
+        return 0
+    trainer = Trainer(cfg, resume=a.resume)
+    print(
+        f"training {trainer.cfg.objective} on {' '.join(trainer.cfg.data)}: sigma {trainer.cfg.sigma_max} -> "
+        f"{trainer.cfg.sigma_min} ({trainer.cfg.num_sigmas} levels), from step {trainer.step}"
+    )
+    out = trainer.run()
+    print(f"run: {out}  (checkpoint.pt, metrics.csv, loss.png) at step {trainer.step}")
+    return 0
+
+
+# -- sample --------------------------------------------------------------------------------------------
+def _write_npy(path: Path, array) -> None:
+    import numpy as np
+
+    from volscore.atomic import atomic_write
+
+    atomic_write(path, lambda tmp: np.save(tmp.open("wb"), array))
+
+
+def cmd_sample(a: argparse.Namespace) -> int:
+    import numpy as np
+
+    from volscore.generate import load_run, sample_images, sample_volume, sampling_schedule
+
+    model, state = load_run(a.run)
+    cfg = state["config"]
+    sigmas, step_lr = sampling_schedule(cfg, a.num_sigmas, a.n_steps_each, a.step_lr)
+    out = Path(a.out)
+    t0 = time.monotonic()
+    if state["model_args"]["net"]["spatial_dims"] == 2:
+        shape = (state["model_args"]["net"]["in_channels"], 28, 28)
+        x = sample_images(model, a.n, shape, sigmas, a.n_steps_each, step_lr, seed=a.seed, sampler=a.sampler)
+        from volscore.plots import save_image_grid
+
+        png = out if out.suffix == ".png" else out.with_suffix(".png")
+        save_image_grid(x.clamp(0, 1), png, nrow=int(np.ceil(np.sqrt(a.n))))
+        _write_npy(png.with_suffix(".npy"), x.numpy())
+        print(f"{a.n} samples in {time.monotonic() - t0:.0f} s: {png} and {png.with_suffix('.npy')}")
+        return 0
+    if not a.shape:
+        raise SystemExit("volscore sample: a 3D run needs --shape D H W")
+    x = sample_volume(
+        model,
+        a.shape,
+        cfg["patch_size"],
+        cfg["coords"],
+        sigmas,
+        a.n_steps_each,
+        step_lr,
+        seed=a.seed,
+        stitch=a.stitch,
+        tile_batch=a.tile_batch,
+        sampler=a.sampler,
+    )
+    from volscore.data.nifti import IntensityScaler, save_nifti
+    from volscore.plots import save_montage
+
+    data = state["data"]
+    vol = x[0].numpy()
+    scaler = IntensityScaler.from_dict(data["scalers"][0]) if data.get("scalers") else None
+    if scaler is not None:
+        vol = scaler.inverse(vol)
+    zooms = data.get("zooms", [[1.0, 1.0, 1.0]])[0]
+    affine = np.diag([*zooms, 1.0])
+    nii = out if out.name.endswith((".nii", ".nii.gz")) else out.with_suffix(".nii.gz")
+    save_nifti(nii, vol.astype(np.float32), affine)
+    png = nii.with_name(nii.name.split(".")[0] + ".png")
+    save_montage(x[0].clamp(0, 1).numpy(), png)
+    print(f"volume {tuple(a.shape)} in {time.monotonic() - t0:.0f} s: {nii} and {png}")
+    return 0
+
+
+# -- evaluate / baseline -------------------------------------------------------------------------------
+def evaluate_mnist(samples_path: Path, out_json: Path | None = None) -> dict:
+    import numpy as np
+    import torch
+
+    from volscore.atomic import atomic_write_json
+    from volscore.data.mnist import load_mnist
+    from volscore.metrics import evaluate_mnist_samples, load_or_train_classifier
+
+    samples = torch.from_numpy(np.load(samples_path, allow_pickle=False)).float()
+    train_x, train_y = load_mnist("train")
+    test_x, _ = load_mnist("test")
+    clf = load_or_train_classifier(_cache_dir() / "mnist_classifier.pt", train_x, train_y)
+    result = evaluate_mnist_samples(samples, clf, train_x, test_x)
+    if out_json is not None:
+        atomic_write_json(out_json, result)
+    return result
+
+
+def format_mnist_metrics(m: dict) -> str:
+    hist = " ".join(f"{100 * h:.0f}" for h in m["class_histogram"])
+    return (
+        f"confident (p >= 0.9): {100 * m['confident_fraction']:.1f} %\n"
+        f"class histogram (%, 0-9): {hist}\n"
+        f"Frechet distance: {m['fd']:.2f}  (floor train-vs-test {m['fd_floor']:.2f}, "
+        f"ceiling blurred noise {m['fd_ceiling']:.2f}, n = {m['n']})\n"
+        f"nearest training image, mean L2: samples {m['nn_train_mean']:.2f}, "
+        f"test images {m['test_nn_train_mean']:.2f}"
+    )
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    m = evaluate_mnist(Path(a.samples), Path(a.json) if a.json else None)
+    print(format_mnist_metrics(m))
+    return 0
+
+
+def cmd_baseline(a: argparse.Namespace) -> int:
+    """The lecture's 2D example end to end: train on MNIST, sample, evaluate."""
+    out = Path(a.out)
+    ns = argparse.Namespace(
+        data=["mnist"],
+        out=str(out),
+        objective=a.objective,
+        preset=a.preset,
+        steps=None,
+        minutes=a.minutes,
+        batch_size=None,
+        lr=a.lr,
+        amp="auto",
+        sigma_dist="loguniform",
+        sigma_max=None,
+        sigma_min=0.01,
+        num_sigmas=None,
+        patch_size=32,
+        coords=True,
+        spacing=None,
+        full_volume=False,
+        seed=a.seed,
+        ckpt_every=500,
+        device="auto",
+        resume=(out / "checkpoint.pt").exists(),
+        dry_run=False,
+    )
+    cmd_train(ns)
+    grid = out / "samples.png"
+    cmd_sample(
+        argparse.Namespace(
+            run=str(out),
+            n=a.n,
+            out=str(grid),
+            seed=a.seed,
+            n_steps_each=a.n_steps_each,
+            num_sigmas=None,
+            step_lr=None,
+            sampler="annealed",
+            shape=None,
+            stitch="shift",
+            tile_batch=8,
+        )
+    )
+    m = evaluate_mnist(grid.with_suffix(".npy"), out / "metrics.json")
+    print(format_mnist_metrics(m))
+    print(f"pictures: {grid}, {out / 'loss.png'}; numbers: {out / 'metrics.json'}, {out / 'metrics.csv'}")
+    return 0
+
+
+def cmd_info(a: argparse.Namespace) -> int:
+    from volscore.data.nifti import describe
+
+    for path in a.files:
+        print(describe(path))
+    return 0
+
+
+# -- entry point ---------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="volscore",
+        description="Score-based generative modelling for 2D and 3D.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a score model (2D images or 3D patches)", formatter_class=fmt)
+    _add_train_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", help="sample images or a volume from a trained run", formatter_class=fmt)
+    p.add_argument("--run", required=True)
+    p.add_argument("--out", required=True, help="grid .png (2D) or volume .nii.gz (3D)")
+    p.add_argument("--n", type=int, default=64, help="2D: number of samples")
+    p.add_argument("--shape", type=int, nargs=3, metavar=("D", "H", "W"), help="3D: volume shape")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sampler", choices=("annealed", "pc"), default="annealed")
+    p.add_argument("--n-steps-each", type=int, default=5, help="Langevin steps per noise level")
+    p.add_argument("--num-sigmas", type=int, help="noise levels (default: the run's)")
+    p.add_argument("--step-lr", type=float, help="default: NCSNv2 technique 4")
+    p.add_argument("--stitch", choices=("shift", "blend"), default="shift", help="3D: patch stitching")
+    p.add_argument("--tile-batch", type=int, default=8, help="3D: tiles per network call (bounds memory)")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("evaluate", help="MNIST sample quality of a .npy of samples", formatter_class=fmt)
+    p.add_argument("samples", help=".npy of (N, 1, 28, 28) samples in [0, 1]")
+    p.add_argument("--json", help="also write the numbers here")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("baseline", help="2D MNIST baseline: train, sample, evaluate", formatter_class=fmt)
+    p.add_argument("--out", default="runs/baseline")
+    p.add_argument("--minutes", type=float, default=20.0)
+    p.add_argument("--objective", choices=("dsm", "ssm", "ssm-vr", "ssm-fd"), default="dsm")
+    p.add_argument("--preset", choices=("tiny", "small", "base"), default="small")
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--n", type=int, default=500, help="samples to draw and evaluate")
+    p.add_argument("--n-steps-each", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_baseline)
+
+    p = sub.add_parser("info", help="describe NIfTI files", formatter_class=fmt)
+    p.add_argument("files", nargs="+")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from volscore.checkpoint import CheckpointError
+    from volscore.data.nifti import VolumeError
+
+    try:
+        return int(args.func(args) or 0)
+    except (VolumeError, CheckpointError, FileExistsError, ValueError, FloatingPointError) as e:
+        print(f"volscore {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"volscore {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

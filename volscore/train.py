@@ -1,0 +1,305 @@
+"""One training loop for 2D images and 3D patches: DSM or SSM, AMP, EMA, clipping, warm-up, resume.
+
+The run directory holds ``config.json``, ``checkpoint.pt`` (atomic, weights_only-loadable),
+``metrics.csv``, ``loss.png`` and ``preview.png``. All randomness of a step (batch, sigma, noise,
+projections) comes from one ``torch.Generator`` saved in the checkpoint, so a resumed run continues
+exactly where the saved one stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from volscore.atomic import atomic_write_json
+from volscore.checkpoint import (
+    CHECKPOINT_NAME,
+    CheckpointError,
+    check_model_args,
+    load_checkpoint,
+    save_checkpoint,
+)
+from volscore.config import AMP_MODES, OBJECTIVES, SIGMA_DISTS, TrainConfig  # noqa: F401 (re-exported)
+from volscore.noise import append_dims, ncsnv2_num_sigmas, sigma_max_from_data
+from volscore.objectives import dsm_loss, ssm_loss
+
+METRIC_FIELDS = ["step", "loss", "sigma_mean", "lr", "grad_norm", "sec_per_step", "skipped"]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    """bf16 on CPU and on GPUs that support it, fp16 on older GPUs, None for full precision."""
+    if mode == "off":
+        return None
+    if mode == "bf16":
+        return torch.bfloat16
+    if mode == "fp16":
+        if device.type != "cuda":
+            raise ValueError("--amp fp16 needs a CUDA device (use bf16 on CPU)")
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16
+
+
+def sample_sigmas(cfg: TrainConfig, batch: int, generator: torch.Generator, device: torch.device) -> Tensor:
+    lo, hi = math.log(cfg.sigma_min), math.log(cfg.sigma_max)
+    if cfg.sigma_dist == "lognormal":
+        z = torch.randn(batch, generator=generator)
+        return torch.exp(cfg.p_mean + cfg.p_std * z).clamp(cfg.sigma_min, cfg.sigma_max).to(device)
+    if cfg.sigma_dist == "geometric":  # the sampler's discrete levels (NCSN)
+        idx = torch.randint(cfg.num_sigmas, (batch,), generator=generator)
+        return torch.exp(lo + (hi - lo) * (1 - idx / (cfg.num_sigmas - 1))).float().to(device)
+    u = torch.rand(batch, generator=generator)  # log-uniform: the geometric schedule made continuous
+    return torch.exp(lo + (hi - lo) * u).to(device)
+
+
+def training_loss(
+    model: torch.nn.Module,
+    objective: str,
+    x: Tensor,
+    coords: Tensor | None,
+    sigma: Tensor,
+    generator: torch.Generator,
+) -> Tensor:
+    """Per-sample loss weighted by lambda(sigma) = sigma^2, so every noise level is O(1) (NCSN)."""
+
+    def score_fn(y: Tensor, s: Tensor) -> Tensor:
+        c = coords
+        if c is not None and y.shape[0] != c.shape[0]:  # FD-SSM evaluates x + eps v and x - eps v at once
+            c = c.repeat(y.shape[0] // c.shape[0], *([1] * (c.ndim - 1)))
+        return model(y, s, c)
+
+    if objective == "dsm":
+        return dsm_loss(score_fn, x, sigma, weighting="sigma2", generator=generator)
+    # SSM learns the score of the noisy data p_sigma directly from noisy samples.
+    eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    x_noisy = x + append_dims(sigma, x.ndim) * eps
+    method = "fd" if objective == "ssm-fd" else "exact"
+    loss = ssm_loss(
+        score_fn,
+        x_noisy,
+        variance_reduced=objective != "ssm",
+        sigma=sigma,
+        method=method,
+        generator=generator,
+    )
+    return loss * sigma**2
+
+
+def _estimate_sigmas(cfg: TrainConfig, source: Any) -> None:
+    """Fill sigma_max (NCSNv2 technique 1) and num_sigmas (technique 2) from the data when unset."""
+    g = torch.Generator().manual_seed(cfg.seed + 12345)
+    if cfg.sigma_max is None:
+        x, _ = source.sample(1000, g)
+        cfg.sigma_max = round(sigma_max_from_data(x, max_points=1000, generator=g), 3)
+    if cfg.num_sigmas is None:
+        d = math.prod(source.sample_shape)
+        cfg.num_sigmas = ncsnv2_num_sigmas(d, cfg.sigma_max, cfg.sigma_min)
+
+
+class Trainer:
+    """Holds the model, EMA, optimizer and data of one run; ``run()`` trains until the budget ends."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False, progress: bool = True) -> None:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        from volscore.data.sources import open_source
+        from volscore.nets import build_model_from_args, model_args
+
+        cfg.validate()
+        self.out = Path(cfg.out)
+        ckpt_path = self.out / CHECKPOINT_NAME
+        state = None
+        if resume:
+            state = load_checkpoint(ckpt_path)
+            saved = TrainConfig.from_dict(state["config"])
+            # The budget may change on resume; the model, data and schedule may not.
+            saved.steps, saved.minutes = cfg.steps, cfg.minutes
+            cfg = saved
+        elif ckpt_path.exists():
+            raise FileExistsError(f"{self.out}: a run already exists here; use --resume or another --out")
+        self.cfg = cfg
+        self.progress = progress
+        self.device = resolve_device(cfg.device)
+        self.amp = amp_dtype(cfg.amp, self.device)
+        self.source = open_source(
+            cfg.data,
+            patch_size=cfg.patch_size,
+            coords=cfg.coords,
+            spacing=cfg.spacing,
+            full_volume=cfg.full_volume,
+        )
+        _estimate_sigmas(cfg, self.source)
+        in_ch = self.source.sample_shape[0]
+        self.model_args = model_args(
+            cfg.preset,
+            self.source.spatial_dims,
+            in_channels=in_ch,
+            coord_channels=self.source.coord_channels > 0,
+            sigma_data=cfg.sigma_data,
+            kind=cfg.precond,
+        )
+        torch.manual_seed(cfg.seed)
+        self.model = build_model_from_args(self.model_args).to(self.device)
+        self.ema = AveragedModel(
+            self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
+        )
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.step = 0
+        self.skipped = 0
+        if state is not None:
+            check_model_args(ckpt_path, self.model_args, state["model_args"])
+            self._load_state(state)
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(
+            self.out / "config.json",
+            {"config": cfg.to_dict(), "model_args": self.model_args, "data": self.source.meta},
+        )
+
+    # -- state -------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "skipped": self.skipped,
+            "rng": {"generator": self.generator.get_state(), "torch": torch.get_rng_state()},
+            "model_args": self.model_args,
+            "config": self.cfg.to_dict(),
+            "data": self.source.meta,
+        }
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        try:
+            self.model.load_state_dict(state["model"])
+            self.ema.load_state_dict(state["ema"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scaler.load_state_dict(state["scaler"])
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise CheckpointError(f"{self.out / CHECKPOINT_NAME}: state does not fit this model: {e}") from e
+        self.step = int(state["step"])
+        self.skipped = int(state.get("skipped", 0))
+        self.generator.set_state(state["rng"]["generator"])
+        torch.set_rng_state(state["rng"]["torch"])
+
+    def save(self) -> Path:
+        return save_checkpoint(self.out / CHECKPOINT_NAME, self.state_dict())
+
+    # -- training ----------------------------------------------------------------------------------
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp)
+
+    def train_step(self) -> dict[str, float]:
+        cfg = self.cfg
+        for group in self.optimizer.param_groups:
+            group["lr"] = cfg.lr * min(1.0, (self.step + 1) / max(1, cfg.warmup))
+        x, coords = self.source.sample(cfg.batch_size, self.generator)
+        x = x.to(self.device)
+        coords = None if coords is None else coords.to(self.device)
+        sigma = sample_sigmas(cfg, x.shape[0], self.generator, self.device)
+        with self._autocast():
+            per_sample = training_loss(self.model, cfg.objective, x, coords, sigma, self.generator)
+        loss = per_sample.float().mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            self.skipped += 1
+            self.step += 1
+            return {"loss": float("nan"), "sigma_mean": float(sigma.mean()), "grad_norm": float("nan")}
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.ema.update_parameters(self.model)
+        self.step += 1
+        return {"loss": float(loss), "sigma_mean": float(sigma.mean()), "grad_norm": float(grad_norm)}
+
+    def _metrics_rows(self) -> list[dict[str, str]]:
+        path = self.out / "metrics.csv"
+        if not path.exists():
+            return []
+        with open(path, newline="") as f:
+            return [r for r in csv.DictReader(f) if int(r["step"]) <= self.step]
+
+    def run(self) -> Path:
+        """Train until ``steps`` in total or ``minutes`` of wall-clock, then checkpoint and plot."""
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        # Rows logged after the last checkpoint of a killed run are dropped: they will be redone.
+        rows = self._metrics_rows()
+        start_time = time.monotonic()
+        deadline = None if cfg.minutes is None else start_time + 60 * cfg.minutes
+        total = cfg.steps
+        bar = tqdm(total=total, initial=self.step, disable=not self.progress, desc="train", unit="step")
+        window: list[float] = []
+        last = time.monotonic()
+        while (total is None or self.step < total) and (deadline is None or time.monotonic() < deadline):
+            info = self.train_step()
+            now = time.monotonic()
+            if math.isfinite(info["loss"]):
+                window.append(info["loss"])
+            if self.skipped > cfg.max_skipped:
+                self.save()
+                raise FloatingPointError(
+                    f"stopping: {self.skipped} steps had a non-finite loss (limit {cfg.max_skipped}); "
+                    "lower --lr, use --amp bf16 or off, or check the data"
+                )
+            bar.update(1)
+            if self.step % cfg.log_every == 0:
+                row = {
+                    "step": self.step,
+                    "loss": sum(window) / max(1, len(window)),
+                    "sigma_mean": info["sigma_mean"],
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "grad_norm": info["grad_norm"],
+                    "sec_per_step": (now - last) / cfg.log_every,
+                    "skipped": self.skipped,
+                }
+                rows.append({k: str(v) for k, v in row.items()})
+                bar.set_postfix(loss=f"{row['loss']:.4g}")
+                window, last = [], now
+                self._write_metrics(rows)
+            if self.step % cfg.ckpt_every == 0:
+                self.save()
+        bar.close()
+        self.save()
+        self._write_metrics(rows)
+        self._plot(rows)
+        return self.out
+
+    def _write_metrics(self, rows: list[dict[str, str]]) -> None:
+        from volscore.atomic import atomic_write_text
+
+        lines = [",".join(METRIC_FIELDS)] + [",".join(r[k] for k in METRIC_FIELDS) for r in rows]
+        atomic_write_text(self.out / "metrics.csv", "\n".join(lines) + "\n")
+
+    def _plot(self, rows: list[dict[str, str]]) -> None:
+        from volscore.plots import save_loss_curve
+
+        if rows:
+            save_loss_curve(
+                [int(r["step"]) for r in rows],
+                [float(r["loss"]) for r in rows],
+                self.out / "loss.png",
+                ylabel=f"{self.cfg.objective} loss (sigma^2-weighted)",
+            )
