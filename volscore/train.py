@@ -231,7 +231,7 @@ class Trainer:
         self.scaler.update()
         self.ema.update_parameters(self.model)
         self.step += 1
-        return {"loss": float(loss), "sigma_mean": float(sigma.mean()), "grad_norm": float(grad_norm)}
+        return {"loss": float(loss.detach()), "sigma_mean": float(sigma.mean()), "grad_norm": float(grad_norm)}
 
     def _metrics_rows(self) -> list[dict[str, str]]:
         path = self.out / "metrics.csv"

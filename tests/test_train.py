@@ -1,0 +1,121 @@
+"""Tests for volscore.train and volscore.checkpoint: checkpoint round trip, exact resume, safety checks."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+
+from volscore.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from volscore.config import TrainConfig
+from volscore.train import Trainer, training_loss
+
+
+def _cfg(out, steps, **kw) -> TrainConfig:
+    base = dict(data=["mnist"], out=str(out), preset="tiny", steps=steps, batch_size=4, sigma_max=10.0,
+                num_sigmas=20, log_every=2, ckpt_every=100, warmup=2, amp="off", lr=1e-3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("objective", ["dsm", "ssm-vr"])
+def test_resumed_run_continues_exactly(tmp_path, objective):
+    straight = Trainer(_cfg(tmp_path / "a", 6, objective=objective), progress=False)
+    straight.run()
+    first = Trainer(_cfg(tmp_path / "b", 3, objective=objective), progress=False)
+    first.run()
+    resumed = Trainer(_cfg(tmp_path / "b", 6, objective=objective), resume=True, progress=False)
+    assert resumed.step == 3
+    resumed.run()
+    for name, ref in (("model", straight.model), ("ema", straight.ema)):
+        other = resumed.model if name == "model" else resumed.ema
+        for k, v in _params(ref).items():
+            assert torch.equal(v, _params(other)[k]), f"{name}.{k} differs after resume"
+    rows = (tmp_path / "b" / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["2", "4", "6"]
+
+
+def test_run_directory_contents_and_refusal_to_overwrite(tmp_path):
+    t = Trainer(_cfg(tmp_path / "r", 4), progress=False)
+    t.run()
+    for name in ("config.json", "checkpoint.pt", "metrics.csv", "loss.png"):
+        assert (tmp_path / "r" / name).is_file(), name
+    state = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 4 and set(state) >= {"model", "ema", "optimizer", "scaler", "rng", "model_args"}
+    with pytest.raises(FileExistsError, match="--resume"):
+        Trainer(_cfg(tmp_path / "r", 4), progress=False)
+
+
+def test_checkpoint_for_another_preset_is_refused(tmp_path):
+    Trainer(_cfg(tmp_path / "r", 1), progress=False).run()
+    state = load_checkpoint(tmp_path / "r" / "checkpoint.pt")
+    state["config"]["preset"] = "small"  # the saved config now rebuilds another model than the weights
+    save_checkpoint(tmp_path / "r" / "checkpoint.pt", state)
+    with pytest.raises(CheckpointError, match="different model.*channels"):
+        Trainer(_cfg(tmp_path / "r", 2), resume=True, progress=False)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("this would have run code",))
+
+
+def test_unsafe_and_corrupt_checkpoints_are_refused(tmp_path):
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": _Evil(), "model_args": {}}, evil, pickle_protocol=pickle.HIGHEST_PROTOCOL)
+    with pytest.raises(CheckpointError, match="evil.pt: refused"):
+        load_checkpoint(evil)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="bad.pt"):
+        load_checkpoint(bad)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_atomic_checkpoint_keeps_previous_file_when_save_fails(tmp_path, monkeypatch):
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {"model": {}, "model_args": {}, "step": 1})
+
+    def boom(obj, f, *a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"model": {}, "model_args": {}, "step": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary left behind
+
+
+def test_minutes_budget_stops_with_a_checkpoint(tmp_path):
+    t = Trainer(_cfg(tmp_path / "m", None, minutes=0.02), progress=False)
+    t.run()
+    assert t.step >= 1 and load_checkpoint(tmp_path / "m" / "checkpoint.pt")["step"] == t.step
+
+
+def test_non_finite_losses_are_skipped_then_stop(tmp_path, monkeypatch):
+    t = Trainer(_cfg(tmp_path / "n", 50, max_skipped=3), progress=False)
+    monkeypatch.setattr("volscore.train.training_loss", lambda *a, **k: torch.full((4,), float("nan")))
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        t.run()
+    assert t.skipped == 4
+
+
+def test_training_loss_shapes_for_every_objective_2d_and_3d():
+    from volscore.nets import build_model
+
+    g = torch.Generator().manual_seed(0)
+    for dims, shape, coords in ((2, (3, 1, 12, 12), None), (3, (2, 1, 8, 8, 8), torch.zeros(2, 3, 8, 8, 8))):
+        model = build_model("tiny", dims, coord_channels=coords is not None)
+        x = torch.rand(shape, generator=g)
+        sigma = torch.tensor([0.1, 1.0, 5.0][: shape[0]])
+        for objective in ("dsm", "ssm", "ssm-vr", "ssm-fd"):
+            loss = training_loss(model, objective, x, coords, sigma, g)
+            assert loss.shape == (shape[0],) and torch.isfinite(loss).all()
+            loss.mean().backward()
