@@ -113,7 +113,11 @@ def _estimate_sigmas(cfg: TrainConfig, source: Any) -> None:
 class Trainer:
     """Holds the model, EMA, optimizer and data of one run; ``run()`` trains until the budget ends."""
 
-    def __init__(self, cfg: TrainConfig, resume: bool = False, progress: bool = True) -> None:
+    def __init__(
+        self, cfg: TrainConfig, resume: bool = False, progress: bool = True, source: Any | None = None
+    ) -> None:
+        """``source`` overrides ``cfg.data`` with an in-memory source (``volscore.data.sources.Source``),
+        e.g. patches of one noisy scan for self-supervised denoising."""
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
         from volscore.data.sources import open_source
@@ -135,7 +139,7 @@ class Trainer:
         self.progress = progress
         self.device = resolve_device(cfg.device)
         self.amp = amp_dtype(cfg.amp, self.device)
-        self.source = open_source(
+        self.source = source or open_source(
             cfg.data,
             patch_size=cfg.patch_size,
             coords=cfg.coords,
@@ -231,7 +235,11 @@ class Trainer:
         self.scaler.update()
         self.ema.update_parameters(self.model)
         self.step += 1
-        return {"loss": float(loss.detach()), "sigma_mean": float(sigma.mean()), "grad_norm": float(grad_norm)}
+        return {
+            "loss": float(loss.detach()),
+            "sigma_mean": float(sigma.mean()),
+            "grad_norm": float(grad_norm),
+        }
 
     def _metrics_rows(self) -> list[dict[str, str]]:
         path = self.out / "metrics.csv"
