@@ -1,5 +1,5 @@
-"""Shared test settings: small thread count so parallel runs on a 2-core machine stay predictable."""
+"""Shared test settings: one torch thread: the tests run small ops, for which a second thread costs more than it gains."""
 
 import torch
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)
