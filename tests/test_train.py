@@ -119,3 +119,15 @@ def test_training_loss_shapes_for_every_objective_2d_and_3d():
             loss = training_loss(model, objective, x, coords, sigma, g)
             assert loss.shape == (shape[0],) and torch.isfinite(loss).all()
             loss.mean().backward()
+
+
+def test_ema_warmup_follows_the_model_early_and_averages_late():
+    from volscore.train import ema_with_warmup
+
+    update = ema_with_warmup(0.999)
+    ema, new = [torch.zeros(3)], [torch.ones(3)]
+    update(ema, new, 1)  # decay (1 + 1) / (10 + 1): mostly the new weights
+    assert torch.allclose(ema[0], torch.full((3,), 1 - 2 / 11))
+    ema = [torch.zeros(3)]
+    update(ema, new, 10**6)  # late: the full decay
+    assert torch.allclose(ema[0], torch.full((3,), 1 - 0.999))

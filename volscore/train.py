@@ -54,6 +54,22 @@ def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
+def ema_with_warmup(decay: float):
+    """EMA for ``AveragedModel`` with the usual warm-up decay min(decay, (1 + n) / (10 + n)).
+
+    torch's ``get_ema_multi_avg_fn`` uses the full decay from the first step, so a short run's EMA
+    would still be mostly the random initial weights (0.999^400 = 0.67).
+    """
+
+    @torch.no_grad()
+    def update(ema_params: list[Tensor], params: list[Tensor], num_averaged: Tensor | int) -> None:
+        n = int(num_averaged)
+        d = min(decay, (1 + n) / (10 + n))
+        torch._foreach_lerp_(ema_params, params, 1 - d)
+
+    return update
+
+
 def sample_sigmas(cfg: TrainConfig, batch: int, generator: torch.Generator, device: torch.device) -> Tensor:
     lo, hi = math.log(cfg.sigma_min), math.log(cfg.sigma_max)
     if cfg.sigma_dist == "lognormal":
@@ -118,7 +134,7 @@ class Trainer:
     ) -> None:
         """``source`` overrides ``cfg.data`` with an in-memory source (``volscore.data.sources.Source``),
         e.g. patches of one noisy scan for self-supervised denoising."""
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+        from torch.optim.swa_utils import AveragedModel
 
         from volscore.data.sources import open_source
         from volscore.nets import build_model_from_args, model_args
@@ -159,7 +175,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = build_model_from_args(self.model_args).to(self.device)
         self.ema = AveragedModel(
-            self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
+            self.model, multi_avg_fn=ema_with_warmup(cfg.ema_decay), use_buffers=True
         )
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
