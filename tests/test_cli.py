@@ -1,0 +1,145 @@
+"""Tests for volscore.cli: clear errors for bad arguments, fast --help, and small end-to-end runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from volscore.cli import main
+
+
+def test_help_is_fast_and_lists_commands():
+    # Heavy imports live inside the commands, so --help must not import torch.
+    code = "import sys; from volscore.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+
+
+def test_unknown_data_source_is_a_clear_error(tmp_path, capsys):
+    rc = main(["train", "--data", "mnistt", "--out", str(tmp_path / "r"), "--steps", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "mnistt" in err and "error" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_missing_run_directory_is_a_clear_error(tmp_path, capsys):
+    rc = main(["sample", "--run", str(tmp_path / "nope"), "--out", str(tmp_path / "g.png")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "nope" in err and "no run directory" in err
+
+
+def test_train_needs_a_budget(tmp_path, capsys):
+    rc = main(["train", "--data", "mnist", "--out", str(tmp_path / "r")])
+    assert rc == 2 and "--steps or --minutes" in capsys.readouterr().err
+
+
+def test_bad_choice_is_refused_by_argparse(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--data", "mnist", "--out", str(tmp_path / "r"), "--steps", "1", "--objective", "ism"])
+    assert e.value.code == 2
+
+
+def test_dry_run_prints_config(tmp_path, capsys):
+    assert main(["train", "--data", "mnist", "--out", str(tmp_path / "r"), "--steps", "3", "--dry-run"]) == 0
+    assert '"objective": "dsm"' in capsys.readouterr().out
+
+
+def test_train_then_sample_mnist_end_to_end(tmp_path):
+    run = tmp_path / "run"
+    args = ["--data", "mnist", "--out", str(run), "--steps", "3", "--preset", "tiny", "--batch-size", "4"]
+    assert main(["train", *args, "--sigma-max", "5", "--num-sigmas", "4"]) == 0
+    grid = tmp_path / "grid.png"
+    assert main(["sample", "--run", str(run), "--n", "3", "--out", str(grid), "--n-steps-each", "1"]) == 0
+    x = np.load(tmp_path / "grid.npy")
+    assert x.shape == (3, 1, 28, 28) and np.isfinite(x).all()
+    assert grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The same seed gives the same samples.
+    assert (
+        main(
+            [
+                "sample",
+                "--run",
+                str(run),
+                "--n",
+                "3",
+                "--out",
+                str(tmp_path / "g2.png"),
+                "--n-steps-each",
+                "1",
+            ]
+        )
+        == 0
+    )
+    np.testing.assert_array_equal(x, np.load(tmp_path / "g2.npy"))
+
+
+def test_train_then_sample_a_volume_larger_than_the_patch(tmp_path):
+    import nibabel as nib
+
+    rng = np.random.default_rng(0)
+    vol = rng.random((20, 24, 18)).astype(np.float32)
+    nib.save(nib.Nifti1Image(vol, np.diag([2.0, 2.0, 2.0, 1.0])), tmp_path / "v.nii.gz")
+    run = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(tmp_path / "v.nii.gz"),
+                "--out",
+                str(run),
+                "--steps",
+                "2",
+                "--preset",
+                "tiny",
+                "--patch-size",
+                "8",
+                "--batch-size",
+                "2",
+                "--sigma-max",
+                "3",
+                "--num-sigmas",
+                "3",
+            ]
+        )
+        == 0
+    )
+    out = tmp_path / "s.nii.gz"
+    assert (
+        main(
+            [
+                "sample",
+                "--run",
+                str(run),
+                "--shape",
+                "12",
+                "10",
+                "9",
+                "--out",
+                str(out),
+                "--n-steps-each",
+                "1",
+                "--seed",
+                "1",
+            ]
+        )
+        == 0
+    )
+    img = nib.load(out)
+    assert img.shape == (12, 10, 9) and np.allclose(img.header.get_zooms(), 2.0)
+    assert np.isfinite(np.asarray(img.dataobj)).all()
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_info_describes_the_bundled_template(capsys):
+    from volscore.data import data_dir
+
+    assert main(["info", str(data_dir() / "mni152_2009a_sym_t1_1mm.nii.gz")]) == 0
+    out = capsys.readouterr().out
+    assert "197" in out and "233" in out
