@@ -135,6 +135,46 @@ def test_train_then_sample_a_volume_larger_than_the_patch(tmp_path):
     assert img.shape == (12, 10, 9) and np.allclose(img.header.get_zooms(), 2.0)
     assert np.isfinite(np.asarray(img.dataobj)).all()
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    again = tmp_path / "s2.nii.gz"
+    assert (
+        main(
+            [
+                "sample",
+                "--run",
+                str(run),
+                "--shape",
+                "12",
+                "10",
+                "9",
+                "--out",
+                str(again),
+                "--n-steps-each",
+                "1",
+                "--seed",
+                "1",
+            ]
+        )
+        == 0
+    )
+    np.testing.assert_array_equal(np.asarray(img.dataobj), np.asarray(nib.load(again).dataobj))
+
+
+@pytest.mark.parametrize("case", ["2d", "nan", "empty-glob", "missing"])
+def test_bad_training_volumes_are_clear_errors(tmp_path, capsys, case):
+    import nibabel as nib
+
+    path = tmp_path / "bad.nii.gz"
+    if case == "2d":
+        nib.save(nib.Nifti1Image(np.ones((8, 8), np.float32), np.eye(4)), path)
+    elif case == "nan":
+        vol = np.ones((8, 8, 8), np.float32)
+        vol[1, 2, 3] = np.nan
+        nib.save(nib.Nifti1Image(vol, np.eye(4)), path)
+    spec = str(tmp_path / "*.nii.gz") if case == "empty-glob" else str(path)
+    rc = main(["train", "--data", spec, "--out", str(tmp_path / "r"), "--steps", "1", "--patch-size", "8"])
+    err = capsys.readouterr().err
+    assert rc == 2 and ("bad.nii.gz" in err or "*.nii.gz" in err), err
+    assert not (tmp_path / "r").exists()
 
 
 def test_info_describes_the_bundled_template(capsys):
