@@ -56,6 +56,12 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spacing", type=float, help="3D: resample volumes to this isotropic spacing in mm")
     p.add_argument("--full-volume", action="store_true", help="mni152: also train on the y >= 120 hold-out")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--data-shards",
+        type=int,
+        default=1,
+        help="batches per step drawn in turn (one process reproducing an N-process torchrun run)",
+    )
     p.add_argument("--ckpt-every", type=int, default=500)
     p.add_argument("--device", default="auto")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -88,6 +94,7 @@ def _train_config(a: argparse.Namespace):
         seed=a.seed,
         ckpt_every=a.ckpt_every,
         device=a.device,
+        data_shards=getattr(a, "data_shards", 1),
     )
 
 
@@ -100,12 +107,21 @@ def cmd_train(a: argparse.Namespace) -> int:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
     trainer = Trainer(cfg, resume=a.resume)
-    print(
-        f"training {trainer.cfg.objective} on {' '.join(trainer.cfg.data)}: sigma {trainer.cfg.sigma_max} -> "
-        f"{trainer.cfg.sigma_min} ({trainer.cfg.num_sigmas} levels), from step {trainer.step}"
+    c = trainer.cfg
+    say = print if trainer.rank == 0 else (lambda *_: None)
+    ranks = f" on {trainer.world} processes" if trainer.world > 1 else ""
+    say(
+        f"training {c.objective} on {' '.join(c.data)}{ranks}: sigma {c.sigma_max} -> {c.sigma_min} "
+        f"({c.num_sigmas} levels), from step {trainer.step}"
     )
-    out = trainer.run()
-    print(f"run: {out}  (checkpoint.pt, metrics.csv, loss.png) at step {trainer.step}")
+    try:
+        out = trainer.run()
+    finally:
+        if trainer.world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    say(f"run: {out}  (checkpoint.pt, metrics.csv, loss.png) at step {trainer.step}")
     return 0
 
 

@@ -41,6 +41,7 @@ class TrainConfig:
     spacing: float | None = None  # 3D only: resample volumes to this isotropic spacing (mm)
     full_volume: bool = False  # 3D mni152 only: also train on the hold-out region
     seed: int = 0
+    data_shards: int = 1  # shards drawn in turn by one process (= a data_shards-process DDP run)
     log_every: int = 25
     ckpt_every: int = 500
     max_skipped: int = 50  # non-finite losses tolerated before stopping
@@ -63,5 +64,7 @@ class TrainConfig:
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         if self.steps is None and self.minutes is None:
             raise ValueError("give --steps or --minutes (or both)")
+        if self.data_shards < 1:
+            raise ValueError(f"data_shards must be >= 1, got {self.data_shards}")
         if self.batch_size < 1 or self.lr <= 0:
             raise ValueError("batch_size must be >= 1 and lr > 0")

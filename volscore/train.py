@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -33,10 +34,27 @@ from volscore.objectives import dsm_loss, ssm_loss
 METRIC_FIELDS = ["step", "loss", "sigma_mean", "lr", "grad_norm", "sec_per_step", "skipped"]
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and local_rank is not None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", local_rank)))
+        torch.cuda.set_device(device)
+    return device
+
+
+def distributed_setup(device: str) -> tuple[int, int]:
+    """(rank, world size); under torchrun, join the process group (NCCL on GPUs, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return dist.get_rank(), dist.get_world_size()
 
 
 def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
@@ -127,7 +145,13 @@ def _estimate_sigmas(cfg: TrainConfig, source: Any) -> None:
 
 
 class Trainer:
-    """Holds the model, EMA, optimizer and data of one run; ``run()`` trains until the budget ends."""
+    """Holds the model, EMA, optimizer and data of one run; ``run()`` trains until the budget ends.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in DistributedDataParallel (NCCL on
+    GPUs, gloo on CPU): rank r draws its batches from its own generator (seed, shard r), gradients are
+    averaged, and only rank 0 writes files. A single process with ``data_shards = K`` draws the same K
+    shards in turn and averages their gradients, which reproduces a K-process run with one process.
+    """
 
     def __init__(
         self, cfg: TrainConfig, resume: bool = False, progress: bool = True, source: Any | None = None
@@ -140,6 +164,7 @@ class Trainer:
         from volscore.nets import build_model_from_args, model_args
 
         cfg.validate()
+        self.rank, self.world = distributed_setup(cfg.device)
         self.out = Path(cfg.out)
         ckpt_path = self.out / CHECKPOINT_NAME
         state = None
@@ -152,8 +177,8 @@ class Trainer:
         elif ckpt_path.exists():
             raise FileExistsError(f"{self.out}: a run already exists here; use --resume or another --out")
         self.cfg = cfg
-        self.progress = progress
-        self.device = resolve_device(cfg.device)
+        self.progress = progress and self.rank == 0
+        self.device = resolve_device(cfg.device, self.rank if self.world > 1 else None)
         self.amp = amp_dtype(cfg.amp, self.device)
         self.source = source or open_source(
             cfg.data,
@@ -172,26 +197,40 @@ class Trainer:
             sigma_data=cfg.sigma_data,
             kind=cfg.precond,
         )
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         self.model = build_model_from_args(self.model_args).to(self.device)
-        self.ema = AveragedModel(
-            self.model, multi_avg_fn=ema_with_warmup(cfg.ema_decay), use_buffers=True
-        )
+        self.ema = AveragedModel(self.model, multi_avg_fn=ema_with_warmup(cfg.ema_decay), use_buffers=True)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
-        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.shards = [self.rank] if self.world > 1 else list(range(cfg.data_shards))
+        self.generators = {r: torch.Generator().manual_seed(cfg.seed + 1_000_003 * r) for r in self.shards}
         self.step = 0
         self.skipped = 0
         if state is not None:
             check_model_args(ckpt_path, self.model_args, state["model_args"])
             self._load_state(state)
-        self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(
-            self.out / "config.json",
-            {"config": cfg.to_dict(), "model_args": self.model_args, "data": self.source.meta},
-        )
+        self.net = self.model
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=ids)
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(
+                self.out / "config.json",
+                {"config": cfg.to_dict(), "model_args": self.model_args, "data": self.source.meta},
+            )
 
     # -- state -------------------------------------------------------------------------------------
+    def _generator_states(self) -> dict[int, Tensor]:
+        states = {r: g.get_state() for r, g in self.generators.items()}
+        if self.world > 1:  # a collective: every rank calls it, rank 0 keeps all shards' states
+            gathered: list[Any] = [None] * self.world
+            torch.distributed.all_gather_object(gathered, states)
+            states = {r: st for part in gathered for r, st in part.items()}
+        return states
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(),
@@ -200,7 +239,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "step": self.step,
             "skipped": self.skipped,
-            "rng": {"generator": self.generator.get_state(), "torch": torch.get_rng_state()},
+            "rng": {"generators": self._generator_states(), "torch": torch.get_rng_state()},
             "model_args": self.model_args,
             "config": self.cfg.to_dict(),
             "data": self.source.meta,
@@ -212,15 +251,20 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scaler.load_state_dict(state["scaler"])
+            for r, g in self.generators.items():
+                g.set_state(state["rng"]["generators"][r])
         except (RuntimeError, KeyError, ValueError) as e:
-            raise CheckpointError(f"{self.out / CHECKPOINT_NAME}: state does not fit this model: {e}") from e
+            raise CheckpointError(f"{self.out / CHECKPOINT_NAME}: state does not fit this run: {e}") from e
         self.step = int(state["step"])
         self.skipped = int(state.get("skipped", 0))
-        self.generator.set_state(state["rng"]["generator"])
         torch.set_rng_state(state["rng"]["torch"])
 
     def save(self) -> Path:
-        return save_checkpoint(self.out / CHECKPOINT_NAME, self.state_dict())
+        state = self.state_dict()  # every rank joins the gather inside
+        path = self.out / CHECKPOINT_NAME
+        if self.rank == 0:
+            save_checkpoint(path, state)
+        return path
 
     # -- training ----------------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -228,34 +272,44 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp)
 
+    def _all_mean(self, values: list[float]) -> list[float]:
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        if self.world > 1:
+            torch.distributed.all_reduce(t)
+            t /= self.world
+        return t.tolist()
+
     def train_step(self) -> dict[str, float]:
         cfg = self.cfg
         for group in self.optimizer.param_groups:
             group["lr"] = cfg.lr * min(1.0, (self.step + 1) / max(1, cfg.warmup))
-        x, coords = self.source.sample(cfg.batch_size, self.generator)
-        x = x.to(self.device)
-        coords = None if coords is None else coords.to(self.device)
-        sigma = sample_sigmas(cfg, x.shape[0], self.generator, self.device)
-        with self._autocast():
-            per_sample = training_loss(self.model, cfg.objective, x, coords, sigma, self.generator)
-        loss = per_sample.float().mean()
         self.optimizer.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
+        losses, sigmas = [], []
+        for r in self.shards:  # one shard per rank under DDP; K shards in turn in one process
+            gen = self.generators[r]
+            x, coords = self.source.sample(cfg.batch_size, gen)
+            x = x.to(self.device)
+            coords = None if coords is None else coords.to(self.device)
+            sigma = sample_sigmas(cfg, x.shape[0], gen, self.device)
+            with self._autocast():
+                per_sample = training_loss(self.net, cfg.objective, x, coords, sigma, gen)
+            loss = per_sample.float().mean() / len(self.shards)
+            losses.append(loss)
+            sigmas.append(float(sigma.mean()))
+        total = torch.stack(losses).sum()
+        # Every rank must agree to skip, or the others would wait in the gradient all-reduce forever.
+        mean_loss, finite = self._all_mean([float(total.detach()), float(torch.isfinite(total))])
+        self.step += 1
+        if finite < 1.0:
             self.skipped += 1
-            self.step += 1
-            return {"loss": float("nan"), "sigma_mean": float(sigma.mean()), "grad_norm": float("nan")}
-        self.scaler.scale(loss).backward()
+            return {"loss": float("nan"), "sigma_mean": sum(sigmas) / len(sigmas), "grad_norm": float("nan")}
+        self.scaler.scale(total).backward()
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.ema.update_parameters(self.model)
-        self.step += 1
-        return {
-            "loss": float(loss.detach()),
-            "sigma_mean": float(sigma.mean()),
-            "grad_norm": float(grad_norm),
-        }
+        return {"loss": mean_loss, "sigma_mean": sum(sigmas) / len(sigmas), "grad_norm": float(grad_norm)}
 
     def _metrics_rows(self) -> list[dict[str, str]]:
         path = self.out / "metrics.csv"
@@ -264,20 +318,28 @@ class Trainer:
         with open(path, newline="") as f:
             return [r for r in csv.DictReader(f) if int(r["step"]) <= self.step]
 
+    def _should_stop(self, deadline: float | None) -> bool:
+        stop = (self.cfg.steps is not None and self.step >= self.cfg.steps) or (
+            deadline is not None and time.monotonic() >= deadline
+        )
+        if self.world > 1:  # rank 0's clock decides, so every rank stops at the same step
+            flag = torch.tensor([float(stop)], device=self.device)
+            torch.distributed.broadcast(flag, src=0)
+            stop = bool(flag.item())
+        return stop
+
     def run(self) -> Path:
         """Train until ``steps`` in total or ``minutes`` of wall-clock, then checkpoint and plot."""
         from tqdm.auto import tqdm
 
         cfg = self.cfg
         # Rows logged after the last checkpoint of a killed run are dropped: they will be redone.
-        rows = self._metrics_rows()
-        start_time = time.monotonic()
-        deadline = None if cfg.minutes is None else start_time + 60 * cfg.minutes
-        total = cfg.steps
-        bar = tqdm(total=total, initial=self.step, disable=not self.progress, desc="train", unit="step")
+        rows = self._metrics_rows() if self.rank == 0 else []
+        deadline = None if cfg.minutes is None else time.monotonic() + 60 * cfg.minutes
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.progress, desc="train", unit="step")
         window: list[float] = []
         last = time.monotonic()
-        while (total is None or self.step < total) and (deadline is None or time.monotonic() < deadline):
+        while not self._should_stop(deadline):
             info = self.train_step()
             now = time.monotonic()
             if math.isfinite(info["loss"]):
@@ -308,22 +370,21 @@ class Trainer:
         bar.close()
         self.save()
         self._write_metrics(rows)
-        self._plot(rows)
-        return self.out
+        if self.rank == 0 and rows:
+            from volscore.plots import save_loss_curve
 
-    def _write_metrics(self, rows: list[dict[str, str]]) -> None:
-        from volscore.atomic import atomic_write_text
-
-        lines = [",".join(METRIC_FIELDS)] + [",".join(r[k] for k in METRIC_FIELDS) for r in rows]
-        atomic_write_text(self.out / "metrics.csv", "\n".join(lines) + "\n")
-
-    def _plot(self, rows: list[dict[str, str]]) -> None:
-        from volscore.plots import save_loss_curve
-
-        if rows:
             save_loss_curve(
                 [int(r["step"]) for r in rows],
                 [float(r["loss"]) for r in rows],
                 self.out / "loss.png",
-                ylabel=f"{self.cfg.objective} loss (sigma^2-weighted)",
+                ylabel=f"{cfg.objective} loss (sigma^2-weighted)",
             )
+        return self.out
+
+    def _write_metrics(self, rows: list[dict[str, str]]) -> None:
+        if self.rank != 0:
+            return
+        from volscore.atomic import atomic_write_text
+
+        lines = [",".join(METRIC_FIELDS)] + [",".join(r[k] for k in METRIC_FIELDS) for r in rows]
+        atomic_write_text(self.out / "metrics.csv", "\n".join(lines) + "\n")
