@@ -210,7 +210,7 @@ def test_axis_segments_tile_each_axis():
 
 
 def test_tile_coords_extrapolate_past_the_volume():
-    c = _tile_coords((5, 1), (-2, 0), (8, 3))
+    c = _tile_coords((5, 1), (-2, 0), (8, 3), torch.float32, torch.device("cpu"))
     torch.testing.assert_close(c[0, :, 0], -1 + 2 * torch.arange(-2.0, 6.0) / 4)
     assert torch.equal(c[1], torch.zeros(8, 3))
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import math
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,8 @@ import scipy.ndimage
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from volscore.atomic import atomic_write
 
 ArrayLike = Tensor | np.ndarray
 
@@ -180,15 +180,7 @@ def load_or_train_classifier(
 
 
 def _atomic_torch_save(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 # ---------------------------------------------------------------------------------------------------

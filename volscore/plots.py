@@ -8,14 +8,14 @@ half-written image.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+from volscore.atomic import atomic_write
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -40,17 +40,7 @@ def _new_figure(width: float, height: float) -> Figure:
 
 def _save_atomic(path: Path | str, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` on a temp file next to ``path``, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png.tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: write(str(tmp)))
 
 
 def _save_figure(fig: Figure, path: Path | str, dpi: int = 100) -> Path:

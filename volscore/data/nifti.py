@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import glob
 import os
-import uuid
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from volscore.atomic import atomic_write
 from volscore.data import data_dir
 
 MNI152_FILE = "mni152_2009a_sym_t1_1mm.nii.gz"
@@ -213,21 +213,11 @@ def _atomic_save(img: nib.Nifti1Image, out: Path) -> None:
         raise VolumeError(f"{out}: wrong extension, expected one of {', '.join(NIFTI_SUFFIXES)}")
     if not out.parent.is_dir():
         raise VolumeError(f"{out}: output folder {out.parent} does not exist")
-    # nibabel picks compression from the suffix, so the temporary name keeps it.
-    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:12]}.tmp{_nifti_suffix(out)}"
+    # nibabel picks compression from the suffix; atomic_write's temporary name keeps it.
     try:
-        nib.save(img, tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, out)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, Exception):
-            raise VolumeError(f"{out}: write failed ({type(exc).__name__}: {exc})") from exc
-        raise
+        atomic_write(out, lambda tmp: nib.save(img, tmp))
+    except Exception as exc:
+        raise VolumeError(f"{out}: write failed ({type(exc).__name__}: {exc})") from exc
 
 
 def _as_float32(data: Any) -> np.ndarray:

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from volscore.data.patches import coordinate_patch
 from volscore.noise import as_sigma_batch
 
 # patch_fn(x (N, C, *p), sigma (N,), coords (N, d, *p) | None) -> score (N, C, *p)
@@ -39,22 +40,10 @@ def _as_tuple(value: int | Sequence[int], ndim: int, name: str) -> tuple[int, ..
 
 
 def _tile_coords(
-    shape: Sequence[int],
-    start: Sequence[int],
-    size: Sequence[int],
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str | None = None,
+    shape: Sequence[int], start: Sequence[int], size: Sequence[int], dtype: torch.dtype, device: torch.device
 ) -> Tensor:
-    """Whole-volume coordinates of one tile, (d, *size): voxel i of n -> -1 + 2 i / (n - 1) (n == 1 -> 0).
-
-    ``start`` may be negative and the tile may run past the volume (padding): the values extrapolate linearly.
-    Same definition as ``volscore.data.patches.coordinate_patch``, kept private here (no data dependency).
-    """
-    axes = []
-    for n, a, s in zip(shape, start, size, strict=True):
-        i = torch.arange(a, a + s, dtype=torch.float64, device=device)
-        axes.append((-1 + 2 * i / (n - 1) if n > 1 else torch.zeros_like(i)).to(dtype))
-    return torch.stack(torch.meshgrid(*axes, indexing="ij"))
+    """Whole-volume coordinates of one tile (d, *size); tiles past the volume extrapolate linearly."""
+    return coordinate_patch(shape, start, size).to(dtype=dtype, device=device)
 
 
 def _axis_segments(n: int, p: int, offset: int) -> list[tuple[int, int]]:
