@@ -56,7 +56,8 @@ def open_source(
     full_volume: bool = False,
     volume_index: int | None = None,
 ) -> Source:
-    """The source for ``data``: ``"mnist"``, ``"mnist:DIR"`` (IDX files), NIfTI paths or ``"mni152"``."""
+    """The source for ``data``: ``"mnist"``, ``"mnist:DIR"`` (IDX files), ``"shapes:primitives[@SIZE]"``,
+    ``"shapes:digits[@SIZE]"``, NIfTI paths or ``"mni152"``."""
     spec = [data] if isinstance(data, str) else list(data)
     if len(spec) == 1 and (spec[0] == "mnist" or spec[0].startswith("mnist:")):
         from volscore.data.mnist import MnistSource
@@ -64,7 +65,10 @@ def open_source(
         root = spec[0].split(":", 1)[1] if ":" in spec[0] else None
         return Source(MnistSource.from_split("train", root=root), 2, {"kind": "mnist", "root": root})
     if len(spec) == 1 and spec[0].startswith(SHAPE_PREFIX):
-        raise ValueError(f"data source {spec[0]!r}: shape data sets are not available in this version")
+        from volscore.data.shapes import ShapeSource
+
+        shapes = ShapeSource.from_spec(spec[0][len(SHAPE_PREFIX) :])  # primitives, digits, primitives@64
+        return Source(shapes, 3, shapes.meta)
     return _nifti_source(spec, patch_size, coords, spacing, full_volume, volume_index)
 
 
