@@ -16,8 +16,16 @@ import torch
 from volscore.densities import Gaussian
 from volscore.objectives import dsm_loss, esm_loss, ism_loss, ssm_loss
 
-torch.set_default_dtype(torch.float64)
 N = 20000
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    """This module's maths runs in float64; restore the default so other test modules are unaffected."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 def _gaussian(d: int = 3, event_shape=None) -> Gaussian:

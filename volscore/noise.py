@@ -6,6 +6,7 @@ One source of truth for the sigmas used by the losses and the samplers (NCSN, NC
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -20,6 +21,21 @@ def append_dims(x: Tensor, target_ndim: int) -> Tensor:
     if missing < 0:
         raise ValueError(f"input has {x.ndim} dims but target_ndim is {target_ndim}")
     return x.reshape(*x.shape, *([1] * missing))
+
+
+def randn(
+    shape: Sequence[int],
+    generator: torch.Generator | None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """Standard normal noise on ``device``, drawn on the generator's own device.
+
+    Seeded streams come from CPU generators, so the same seed gives the same noise on a GPU run; drawing
+    with a CPU generator directly on CUDA would fail.
+    """
+    gen_device = generator.device if generator is not None else device
+    return torch.randn(tuple(shape), generator=generator, device=gen_device, dtype=dtype).to(device)
 
 
 def as_sigma_batch(sigma: float | Tensor, batch: int, device: torch.device | str | None = None) -> Tensor:

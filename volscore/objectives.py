@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from volscore.noise import append_dims, as_sigma_batch
+from volscore.noise import append_dims, as_sigma_batch, randn
 
 ScoreFn = Callable[..., Tensor]
 
@@ -82,9 +82,7 @@ def dsm_loss(
     |sigma * s + eps|^2 and balances the levels.
     """
     sig = as_sigma_batch(sigma, x.shape[0], x.device)
-    eps = (
-        torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) if noise is None else noise
-    )
+    eps = randn(x.shape, generator, x.device, x.dtype) if noise is None else noise
     sig_b = append_dims(sig, x.ndim).to(x.dtype)
     x_noisy = x + sig_b * eps
     s = _score(score_fn, x_noisy, sig)
@@ -101,9 +99,10 @@ def _projections(
     shape: torch.Size, kind: str, generator: torch.Generator | None, device: torch.device, dtype: torch.dtype
 ) -> Tensor:
     if kind == "gaussian":
-        return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        return randn(shape, generator, device, dtype)
     if kind == "rademacher":
-        return torch.randint(0, 2, shape, generator=generator, device=device).to(dtype) * 2 - 1
+        gen_device = generator.device if generator is not None else device
+        return (torch.randint(0, 2, shape, generator=generator, device=gen_device) * 2 - 1).to(device, dtype)
     raise ValueError(f"unknown projection {kind!r}; use 'gaussian' or 'rademacher'")
 
 

@@ -28,7 +28,7 @@ from volscore.checkpoint import (
     save_checkpoint,
 )
 from volscore.config import AMP_MODES, OBJECTIVES, SIGMA_DISTS, TrainConfig  # noqa: F401 (re-exported)
-from volscore.noise import append_dims, ncsnv2_num_sigmas, sigma_max_from_data
+from volscore.noise import append_dims, ncsnv2_num_sigmas, randn, sigma_max_from_data
 from volscore.objectives import dsm_loss, ssm_loss
 
 METRIC_FIELDS = ["step", "loss", "sigma_mean", "lr", "grad_norm", "sec_per_step", "skipped"]
@@ -119,7 +119,7 @@ def training_loss(
     if objective == "dsm":
         return dsm_loss(score_fn, x, sigma, weighting="sigma2", generator=generator)
     # SSM learns the score of the noisy data p_sigma directly from noisy samples.
-    eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    eps = randn(x.shape, generator, x.device, x.dtype)
     x_noisy = x + append_dims(sigma, x.ndim) * eps
     method = "fd" if objective == "ssm-fd" else "exact"
     loss = ssm_loss(

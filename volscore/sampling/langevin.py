@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from volscore.noise import randn
+
 Generators = torch.Generator | Sequence[torch.Generator] | None
 Callback = Callable[[dict], None]
 
@@ -21,12 +23,10 @@ Callback = Callable[[dict], None]
 def randn_like(x: Tensor, generator: Generators = None) -> Tensor:
     """Standard normal noise shaped like x, drawn per sample when given one generator per sample."""
     if generator is None or isinstance(generator, torch.Generator):
-        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return randn(x.shape, generator, x.device, x.dtype)
     if len(generator) != x.shape[0]:
         raise ValueError(f"got {len(generator)} generators for a batch of {x.shape[0]}")
-    return torch.stack(
-        [torch.randn(x.shape[1:], generator=g, device=x.device, dtype=x.dtype) for g in generator]
-    )
+    return torch.stack([randn(x.shape[1:], g, x.device, x.dtype) for g in generator])
 
 
 def _batch_sigma(sigma: Tensor | float, x: Tensor) -> Tensor:

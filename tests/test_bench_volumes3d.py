@@ -1,0 +1,63 @@
+"""Smoke test for scripts/bench_volumes3d.py: its main() runs end to end with the --quick budget.
+
+Only checks plumbing (child processes report, every measurement and table is there, pictures and JSON are
+written); the numbers themselves are the benchmark's business, not a test's.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_volumes3d.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("bench_volumes3d", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_smooth_volume_is_smooth_and_seeded():
+    bench = _load()
+    v = bench.smooth_volume(40, seed=3)
+    assert v.shape == (40, 40, 40) and v.dtype.name == "float32"
+    assert (v == bench.smooth_volume(40, seed=3)).all()
+    # Neighbours differ by a small fraction of the spread: smooth at the patch scale.
+    assert abs(v[1:] - v[:-1]).mean() < 0.2 * v.std()
+
+
+@pytest.mark.slow
+def test_quick_run_reports_every_measurement(tmp_path):
+    bench = _load()
+    lines: list[str] = []
+    threads = torch.get_num_threads()
+    out = bench.main(
+        ["--quick", "--json", str(tmp_path / "bench.json"), "--results-dir", str(tmp_path)], log=lines.append
+    )
+
+    assert torch.get_num_threads() == threads  # main() restores the caller's thread count
+    train = out["training"]
+    assert set(train["summary"]) == {"dsm 40^3", "dsm 48^3", "ssm-vr 40^3", "ssm-fd 40^3"}
+    assert all(r["peak_rss_mib"] > 0 and r["sec_per_step"] > 0 for r in train["summary"].values())
+    assert train["estimated"]["peak_rss_mib"] > 0 and math.isfinite(train["rss_ratio"])
+    assert set(out["sampling"]) == set(bench.MODES)
+    assert all(r["finite"] and r["ratio"] > 0 for r in out["sampling"].values())
+    assert out["sampling"]["blend"]["voxel_factor"] > 1  # overlapping windows evaluate voxels more than once
+    seams = out["seams"]
+    assert set(seams["samples"]) == set(bench.MODES)
+    assert all(math.isfinite(r["seam"]) for r in seams["samples"].values())
+    assert (tmp_path / "stitch_modes.png").stat().st_size > 0
+    assert (tmp_path / "stitch_modes_tweedie.png").stat().st_size > 0
+
+    text = "\n".join(lines)
+    for head in ("| volume |", "| objective |", "| stitching |", "| one denoiser pass", "torch"):
+        assert head in text
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert set(saved) >= {"machine", "training", "sampling", "seams"}
