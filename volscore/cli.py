@@ -94,7 +94,7 @@ def _train_config(a: argparse.Namespace):
         seed=a.seed,
         ckpt_every=a.ckpt_every,
         device=a.device,
-        data_shards=getattr(a, "data_shards", 1),
+        data_shards=a.data_shards,
     )
 
 
@@ -224,49 +224,51 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
+def _run(argv: list[str]) -> int:
+    """Run another subcommand through the parser, so its defaults and validation apply."""
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+def _train_or_resume(out: Path, argv: list[str]) -> None:
+    _run(["train", "--out", str(out), *argv, *(["--resume"] if (out / "checkpoint.pt").exists() else [])])
+
+
 def cmd_baseline(a: argparse.Namespace) -> int:
     """The lecture's 2D example end to end: train on MNIST, sample, evaluate."""
     out = Path(a.out)
-    ns = argparse.Namespace(
-        data=["mnist"],
-        out=str(out),
-        objective=a.objective,
-        preset=a.preset,
-        steps=None,
-        minutes=a.minutes,
-        batch_size=None,
-        lr=a.lr,
-        amp="auto",
-        sigma_dist="loguniform",
-        sigma_max=None,
-        sigma_min=0.01,
-        num_sigmas=None,
-        patch_size=32,
-        coords=True,
-        spacing=None,
-        full_volume=False,
-        seed=a.seed,
-        ckpt_every=500,
-        device="auto",
-        resume=(out / "checkpoint.pt").exists(),
-        dry_run=False,
+    _train_or_resume(
+        out,
+        [
+            "--data",
+            "mnist",
+            "--objective",
+            a.objective,
+            "--preset",
+            a.preset,
+            "--minutes",
+            str(a.minutes),
+            "--lr",
+            str(a.lr),
+            "--seed",
+            str(a.seed),
+        ],
     )
-    cmd_train(ns)
     grid = out / "samples.png"
-    cmd_sample(
-        argparse.Namespace(
-            run=str(out),
-            n=a.n,
-            out=str(grid),
-            seed=a.seed,
-            n_steps_each=a.n_steps_each,
-            num_sigmas=None,
-            step_lr=None,
-            sampler="annealed",
-            shape=None,
-            stitch="shift",
-            tile_batch=8,
-        )
+    _run(
+        [
+            "sample",
+            "--run",
+            str(out),
+            "--n",
+            str(a.n),
+            "--out",
+            str(grid),
+            "--seed",
+            str(a.seed),
+            "--n-steps-each",
+            str(a.n_steps_each),
+        ]
     )
     m = evaluate_mnist(grid.with_suffix(".npy"), out / "metrics.json")
     print(format_mnist_metrics(m))
@@ -277,46 +279,45 @@ def cmd_baseline(a: argparse.Namespace) -> int:
 def cmd_demo(a: argparse.Namespace) -> int:
     """The main job: train on the bundled MNI template, sample a whole brain larger than a patch."""
     out = Path(a.out)
-    ns = argparse.Namespace(
-        data=["mni152"],
-        out=str(out),
-        objective="dsm",
-        preset=a.preset,
-        steps=None,
-        minutes=a.minutes,
-        batch_size=4,
-        lr=1e-3,
-        amp="auto",
-        sigma_dist="loguniform",
-        sigma_max=None,
-        sigma_min=0.01,
-        num_sigmas=None,
-        patch_size=a.patch_size,
-        coords=True,
-        spacing=a.spacing,
-        full_volume=True,
-        seed=a.seed,
-        ckpt_every=200,
-        device="auto",
-        resume=(out / "checkpoint.pt").exists(),
-        dry_run=False,
+    _train_or_resume(
+        out,
+        [
+            "--data",
+            "mni152",
+            "--full-volume",
+            "--spacing",
+            str(a.spacing),
+            "--preset",
+            a.preset,
+            "--patch-size",
+            str(a.patch_size),
+            "--minutes",
+            str(a.minutes),
+            "--lr",
+            "1e-3",
+            "--ckpt-every",
+            "200",
+            "--seed",
+            str(a.seed),
+        ],
     )
-    cmd_train(ns)
     nii = out / "sample.nii.gz"
-    cmd_sample(
-        argparse.Namespace(
-            run=str(out),
-            n=1,
-            out=str(nii),
-            seed=a.seed,
-            n_steps_each=a.n_steps_each,
-            num_sigmas=a.num_sigmas,
-            step_lr=None,
-            sampler="annealed",
-            shape=None,
-            stitch="shift",
-            tile_batch=8,
-        )
+    _run(
+        [
+            "sample",
+            "--run",
+            str(out),
+            "--out",
+            str(nii),
+            "--seed",
+            str(a.seed),
+            "--sampler",
+            a.sampler,
+            "--num-sigmas",
+            str(a.num_sigmas),
+            "--n-steps-each",
+            str(a.n_steps_each),
+        ]
     )
     print(f"pictures: {out / 'sample.png'}, {out / 'loss.png'}; volume: {nii}; run: {out}")
     return 0
@@ -385,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch-size", type=int, default=32)
     p.add_argument("--num-sigmas", type=int, default=60, help="noise levels for sampling")
     p.add_argument("--n-steps-each", type=int, default=2)
+    p.add_argument("--sampler", choices=("annealed", "pc"), default="annealed")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
 
