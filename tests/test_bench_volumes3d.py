@@ -47,11 +47,11 @@ def test_quick_run_reports_every_measurement(tmp_path):
     assert set(train["summary"]) == {"dsm 40^3", "dsm 48^3", "ssm-vr 40^3", "ssm-fd 40^3"}
     assert all(r["peak_rss_mib"] > 0 and r["sec_per_step"] > 0 for r in train["summary"].values())
     assert train["estimated"]["peak_rss_mib"] > 0 and math.isfinite(train["rss_ratio"])
-    assert set(out["sampling"]) == set(bench.MODES)
+    assert set(out["sampling"]) == {*bench.MODES, bench.MALLOC_ROW}
     assert all(r["finite"] and r["ratio"] > 0 for r in out["sampling"].values())
     assert out["sampling"]["blend"]["voxel_factor"] > 1  # overlapping windows evaluate voxels more than once
     seams = out["seams"]
-    assert set(seams["samples"]) == set(bench.MODES)
+    assert set(seams["samples"]) == {*bench.MODES, bench.WHOLE}
     assert all(math.isfinite(r["seam"]) for r in seams["samples"].values())
     assert (tmp_path / "stitch_modes.png").stat().st_size > 0
     assert (tmp_path / "stitch_modes_tweedie.png").stat().st_size > 0
