@@ -63,15 +63,17 @@ def sigma_max_from_data(x: Tensor, max_points: int = 2000, generator: torch.Gene
     """NCSNv2 technique 1: sigma_1 about the largest Euclidean distance between training points.
 
     x has shape (N, ...); at most ``max_points`` points are drawn (without replacement) so the
-    cost stays O(max_points^2 * d).
+    cost stays O(max_points^2 * d) and the memory O(max_points * d).
     """
     n = x.shape[0]
     if n < 2:
         raise ValueError("need at least two data points to measure pairwise distances")
-    flat = x.reshape(n, -1).double()
+    flat = x.reshape(n, -1)
     if n > max_points:
         flat = flat[torch.randperm(n, generator=generator)[:max_points]]
-    return float(torch.cdist(flat, flat).max())
+    flat = flat.float()  # float32 distances of order sqrt(d) lose nothing that matters for sigma_max
+    # Blocks of rows keep the peak at one (block, points) distance matrix plus the points themselves.
+    return float(max(torch.cdist(block, flat).max() for block in flat.split(128)))
 
 
 def _overlap(gamma: float, d: int) -> float:

@@ -137,7 +137,8 @@ def _estimate_sigmas(cfg: TrainConfig, source: Any) -> None:
     """Fill sigma_max (NCSNv2 technique 1) and num_sigmas (technique 2) from the data when unset."""
     g = torch.Generator().manual_seed(cfg.seed + 12345)
     if cfg.sigma_max is None:
-        x, _ = source.sample(1000, g)
+        # 10 draws of 100 keep the coordinate channels of a single draw small (they are dropped here).
+        x = torch.cat([source.sample(100, g)[0] for _ in range(10)])
         cfg.sigma_max = round(sigma_max_from_data(x, max_points=1000, generator=g), 3)
     if cfg.num_sigmas is None:
         d = math.prod(source.sample_shape)
