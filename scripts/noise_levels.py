@@ -31,7 +31,10 @@ def row(name: str, source, n: int = 1000) -> str:
 
 
 def main() -> None:
-    print("| data | d | sigma_max (technique 1) | sqrt(d) | gamma (technique 2) | levels to 0.01 | step_lr, T=5 |")
+    print(
+        "| data | d | sigma_max (technique 1) | sqrt(d) | gamma (technique 2) | levels to 0.01 "
+        "| step_lr, T=5 (technique 4) |"
+    )
     print("|---|---|---|---|---|---|---|")
     print(row("MNIST 28x28", open_source("mnist")))
     for p in (16, 32, 64):
