@@ -182,7 +182,8 @@ def cmd_sample(a: argparse.Namespace) -> int:
     nii = out if out.name.endswith((".nii", ".nii.gz")) else out.with_suffix(".nii.gz")
     save_nifti(nii, vol.astype(np.float32), affine)
     png = nii.with_name(nii.name.split(".")[0] + ".png")
-    save_montage(x[0].clamp(0, 1).numpy(), png)
+    # NIfTI arrays are (x, y, z): slicing x gives a sagittal view.
+    save_montage(x[0].clamp(0, 1).numpy(), png, axis_names=("sagittal", "coronal", "axial"))
     print(f"volume {tuple(a.shape)} in {time.monotonic() - t0:.0f} s: {nii} and {png}")
     return 0
 
