@@ -196,3 +196,14 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     assert a["step"] == b["step"] == 3 and sorted(a["rng"]["generators"]) == [0, 1]
     for k, v in a["model"].items():
         assert torch.allclose(v.float(), b["model"][k].float(), rtol=0, atol=1e-6), k
+
+
+def test_identical_training_samples_give_a_clear_error(tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    vol = np.random.default_rng(0).random((8, 8, 8)).astype(np.float32)
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), tmp_path / "v.nii.gz")
+    cfg = _cfg(tmp_path / "r", 1, data=[str(tmp_path / "v.nii.gz")], patch_size=8, sigma_max=None)
+    with pytest.raises(ValueError, match="--sigma-max"):
+        Trainer(cfg, progress=False)

@@ -140,6 +140,12 @@ def _estimate_sigmas(cfg: TrainConfig, source: Any) -> None:
         # 10 draws of 100 keep the coordinate channels of a single draw small (they are dropped here).
         x = torch.cat([source.sample(100, g)[0] for _ in range(10)])
         cfg.sigma_max = round(sigma_max_from_data(x, max_points=1000, generator=g), 3)
+        if cfg.sigma_max <= cfg.sigma_min:
+            # e.g. a volume no larger than the patch: every training patch is the same
+            raise ValueError(
+                f"the training samples are (nearly) all the same (largest distance {cfg.sigma_max}), "
+                "so sigma_max cannot be estimated from them; give --sigma-max or train on larger volumes"
+            )
     if cfg.num_sigmas is None:
         d = math.prod(source.sample_shape)
         cfg.num_sigmas = ncsnv2_num_sigmas(d, cfg.sigma_max, cfg.sigma_min)
