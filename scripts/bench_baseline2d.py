@@ -16,22 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _train_cmd(objective: str, out: Path, minutes: float, args: argparse.Namespace) -> list[str]:
@@ -61,6 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from volscore.cli import evaluate_mnist, format_mnist_metrics
     from volscore.generate import load_run, sample_images, sampling_schedule
+    from volscore.machine import cpu_name
     from volscore.plots import save_image_grid
 
     out = Path(args.out)
@@ -88,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     report: dict = {
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{_cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "minutes": args.minutes,
         "parallel": args.parallel,
         "runs": {},

@@ -24,11 +24,8 @@ exact ISM on the 16-d Gaussian is about half of it, and ``--steps`` scales the q
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
-import os
-import platform
 import statistics
 import sys
 import time
@@ -37,6 +34,8 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
+from volscore.machine import describe
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
@@ -182,25 +181,6 @@ def time_steps(
     return {k: {"ms": 1e3 * statistics.median(t), "n": len(t)} for k, t in times.items()}
 
 
-def machine() -> dict[str, str | int]:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "logical_cpus": os.cpu_count() or 0,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "date": datetime.date.today().isoformat(),
-    }
-
-
 def quality_table(results: dict[str, dict[str, dict[str, float]]], densities: Sequence[str]) -> str:
     head = "| objective | target density | " + " | ".join(densities) + " |"
     lines = [head, "| --- | --- |" + " ---: |" * len(densities)]
@@ -288,7 +268,7 @@ def main(argv: Sequence[str] | None = None, log: Callable[[str], None] = print) 
 
 
 def _run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
-    out: dict = {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()}}
+    out: dict = {"machine": describe(), "args": {k: str(v) for k, v in vars(args).items()}}
     t_start = time.perf_counter()
 
     if not args.skip_quality:

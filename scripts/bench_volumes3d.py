@@ -35,11 +35,9 @@ roughly 20-25 minutes on a quiet one; ``--run`` with a ``volscore demo`` run sav
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -49,6 +47,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from volscore.machine import describe
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
@@ -77,28 +77,6 @@ def rss_now_mib() -> float | None:
     except OSError:
         pass
     return None
-
-
-def machine(threads: int) -> dict[str, Any]:
-    import torch
-
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "logical_cpus": os.cpu_count() or 0,
-        "torch": torch.__version__,
-        "threads": threads,
-        "python": platform.python_version(),
-        "date": datetime.date.today().isoformat(),
-        "loadavg": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-    }
 
 
 def smooth_volume(n: int, seed: int, correlation: int = 16) -> Any:
@@ -685,7 +663,7 @@ def main(argv: Sequence[str] | None = None, log: Callable[[str], None] = print) 
 
 
 def _run(args: argparse.Namespace, tmp: Path, log: Callable[[str], None]) -> dict:
-    out: dict = {"machine": machine(args.threads), "args": {k: str(v) for k, v in vars(args).items()}}
+    out: dict = {"machine": describe(args.threads), "args": {k: str(v) for k, v in vars(args).items()}}
     t_start = time.perf_counter()
     if not args.skip_training:
         out["training"] = bench_training(args, tmp, log)
