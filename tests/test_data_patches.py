@@ -125,7 +125,7 @@ def test_foreground_fraction_matches_expectation():
     assert (volume == 0).mean() > 0.95
     p, fraction = 8, 0.5
     sampler = PatchSampler([volume], p, coords=False, foreground_threshold=0.5, foreground_fraction=fraction)
-    assert sampler._fg.dtype == torch.int32 and len(sampler._fg) == 22**3
+    assert sampler._fg.dtype == torch.int32 and len(sampler._fg) == 6**3  # 4^3 blocks: ceil(22 / 4) = 6
     x, _ = sampler.sample(4000, _gen(2))
     hit = (x.flatten(1) > 0.5).any(1).float().mean().item()
     # A uniform patch (start 0..56 per axis) touches the block iff start < 22 on every axis.
@@ -179,3 +179,18 @@ def test_float32_volume_is_shared_not_copied():
     sampler = PatchSampler([volume], 4)
     assert sampler.volumes[0].data_ptr() == volume.ctypes.data
     assert sampler.sample_shape == (1, 4, 4, 4) and sampler.coord_channels == 3
+
+
+@pytest.mark.parametrize("patch", [2, 5, 8, 9])
+def test_foreground_patch_contains_a_lone_voxel_at_the_border(patch):
+    # foreground is indexed by blocks; a patch centred anywhere in a block must still hold its voxel,
+    # also where the patch is pushed inward at the volume or region border
+    volume = np.zeros((23, 30, 19), np.float32)
+    volume[22, 1, 18] = 1.0
+    volume[3, 20, 0] = 1.0
+    region = (slice(None), slice(0, 25), slice(None))
+    sampler = PatchSampler([volume], patch, coords=False, foreground_threshold=0.5, foreground_fraction=1.0,
+                           region=region)  # fmt: skip
+    batch = sampler.sample_with_starts(400, _gen(5))
+    assert (batch.x.flatten(1) > 0.5).any(1).all()
+    assert (batch.starts[:, 1] + patch).max() <= 25

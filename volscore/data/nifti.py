@@ -154,6 +154,9 @@ def load_volume(path: str | os.PathLike, volume_index: int | None = None) -> Vol
     return Volume(data=data, affine=affine, header=img.header.copy(), path=path)
 
 
+PERCENTILE_SAMPLE = 1 << 22  # voxels IntensityScaler.fit looks at, at most
+
+
 @dataclass
 class IntensityScaler:
     """Robust linear scaling: the `lower`/`upper` percentiles of the training data map to 0 and 1.
@@ -176,7 +179,12 @@ class IntensityScaler:
             raise ValueError("cannot fit an intensity scaler to an empty array")
         if not np.isfinite(values).all():
             raise ValueError("cannot fit an intensity scaler: data contain NaN or Inf")
-        lo, hi = (float(v) for v in np.percentile(values, [lower, upper]))
+        flat = values.reshape(-1)
+        if flat.size > PERCENTILE_SAMPLE:
+            # np.percentile copies its input; a regular subsample of a few million voxels gives the same
+            # percentiles to a fraction of a grey level without a second volume-sized array in memory.
+            flat = flat[:: -(-flat.size // PERCENTILE_SAMPLE)]
+        lo, hi = (float(v) for v in np.percentile(flat, [lower, upper]))
         if hi <= lo:
             vmin, vmax = float(values.min()), float(values.max())
             if vmin == vmax:
@@ -190,6 +198,12 @@ class IntensityScaler:
     def forward(self, x: Any) -> Any:
         """Input units -> scaled units (works on numpy arrays and tensors alike)."""
         return (x - self.lo) / (self.hi - self.lo)
+
+    def forward_(self, x: np.ndarray) -> np.ndarray:
+        """``forward`` in place on a writable float array (no second volume in memory); returns it."""
+        x -= self.lo
+        x /= self.hi - self.lo
+        return x
 
     def inverse(self, y: Any) -> Any:
         """Scaled units -> input units."""

@@ -91,7 +91,8 @@ class PatchSampler:
     a numpy RandomState rather than a torch.Generator.
 
     Memory: volumes given as float32 C-contiguous arrays are shared, not copied; the foreground is stored
-    once as int32 flat indices (4 bytes per foreground voxel, computed slab by slab).
+    as int32 indices of 4^3-voxel blocks (computed slab by slab); a foreground patch is centred on a
+    uniform voxel of a uniform foreground block.
     """
 
     def __init__(
@@ -113,6 +114,9 @@ class PatchSampler:
         self.foreground_threshold = float(foreground_threshold)
         self.foreground_fraction = float(foreground_fraction)
         self.region = region
+        # A block fits within half a patch, so a patch centred on any voxel of a foreground block contains
+        # the whole block, and so a foreground voxel (also where the patch is shifted inward at a border).
+        self._block = max(1, min(4, min(self.patch_size) // 2))
         self.volumes: list[Tensor] = []  # padded where smaller than the patch
         shapes, pads, lows, highs, fg_parts = [], [], [], [], []
         for i, vol in enumerate(volumes):
@@ -139,11 +143,15 @@ class PatchSampler:
         self._pads = torch.tensor(pads, dtype=torch.int64)  # (V, 3) padding before each axis
         self._padded = torch.tensor([v.shape for v in self.volumes], dtype=torch.int64)  # (V, 3)
         self._lo = torch.tensor(lows, dtype=torch.int64)  # (V, 3) allowed box, padded voxels
-        self._n_starts = torch.tensor(highs, dtype=torch.int64) - self._lo - torch.tensor(self.patch_size) + 1
+        self._ps = torch.tensor(self.patch_size, dtype=torch.int64)
+        self._n_starts = torch.tensor(highs, dtype=torch.int64) - self._lo - self._ps + 1
+        k = self._block
+        self._fg_blocks = (-(-(torch.tensor(highs) - self._lo) // k)).to(torch.int64)  # (V, 3) block grid
         counts = [0 if f is None else len(f) for f in fg_parts]
         self._fg_count = torch.tensor(counts, dtype=torch.int64)  # (V,)
         self._fg_offset = torch.cumsum(self._fg_count, 0) - self._fg_count  # (V,) into self._fg
         parts = [f for f in fg_parts if f is not None and len(f)]
+        # (sum of counts,) flat block indices in each volume's block grid
         self._fg = torch.from_numpy(np.concatenate(parts)) if parts else torch.zeros(0, dtype=torch.int32)
 
     @property
@@ -188,19 +196,25 @@ class PatchSampler:
         return lo, hi
 
     def _foreground(self, data: Tensor, lo: list[int], hi: list[int]) -> np.ndarray:
-        """Flat indices (int32 when they fit) of voxels above the threshold inside the allowed box."""
-        dtype = np.int32 if data.numel() < 2**31 else np.int64
+        """Flat indices (int32) of the foreground blocks inside the allowed box.
+
+        Blocks of ``self._block`` voxels per axis, aligned to ``lo``; a block is foreground if any voxel in it
+        is above the threshold. One index per block, not per voxel: 1/64 of the memory for 4^3 blocks
+        (a 256^3 scan's voxel index would be as large as the volume itself).
+        """
+        k = self._block
         array = data.numpy()
-        ny, nx = array.shape[1], array.shape[2]
+        nb = [-(-(h - lo_) // k) for lo_, h in zip(lo, hi, strict=True)]  # blocks per axis
         parts = []
-        # Slab by slab along axis 0, so the boolean mask and int64 temporaries stay one slab big.
-        for z0 in range(lo[0], hi[0], 16):
-            z1 = min(z0 + 16, hi[0])
-            mask = array[z0:z1, lo[1] : hi[1], lo[2] : hi[2]] > self.foreground_threshold
-            dz, dy, dx = np.nonzero(mask)
-            flat = ((dz + z0) * ny + (dy + lo[1])) * nx + (dx + lo[2])
-            parts.append(flat.astype(dtype))
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+        # Slab by slab along axis 0 (one block thick), so the boolean mask stays one slab big.
+        for bz in range(nb[0]):
+            z0 = lo[0] + bz * k
+            mask = array[z0 : min(z0 + k, hi[0]), lo[1] : hi[1], lo[2] : hi[2]] > self.foreground_threshold
+            pad = [(0, k - mask.shape[0]), (0, nb[1] * k - mask.shape[1]), (0, nb[2] * k - mask.shape[2])]
+            blocks = np.pad(mask, pad).reshape(k, nb[1], k, nb[2], k).any(axis=(0, 2, 4))
+            by, bx = np.nonzero(blocks)
+            parts.append(((bz * nb[1] + by) * nb[2] + bx).astype(np.int32))
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
 
     def sample_with_starts(self, batch_size: int, generator: torch.Generator) -> PatchBatch:
         """Draw `batch_size` patches; the same generator state gives the same patches."""
@@ -220,11 +234,17 @@ class PatchSampler:
         if bool(use_fg.any()):
             k = torch.minimum((u_fg * count).long(), (count - 1).clamp(min=0))
             flat = self._fg[(self._fg_offset[vol] + k).clamp(max=max(len(self._fg) - 1, 0))].long()
-            dims = self._padded[vol]
-            centre = torch.stack(
-                [flat // (dims[:, 1] * dims[:, 2]), (flat // dims[:, 2]) % dims[:, 1], flat % dims[:, 2]], 1
+            nb = self._fg_blocks[vol]
+            block = torch.stack(
+                [flat // (nb[:, 1] * nb[:, 2]), (flat // nb[:, 2]) % nb[:, 1], flat % nb[:, 2]], 1
             )
-            half = torch.tensor(self.patch_size) // 2
+            # A uniform voxel of the block (u_start is free: these samples do not use the uniform start);
+            # the last block on an axis may be cut short by the box.
+            first = lo + block * self._block
+            hi = lo + n_starts + self._ps - 1
+            extent = torch.minimum(torch.full_like(first, self._block), hi - first)
+            centre = first + torch.minimum((u_start * extent).long(), extent - 1)
+            half = self._ps // 2
             # Shift the patch inward at borders: it still contains the chosen foreground voxel.
             centred = torch.minimum(torch.maximum(centre - half, lo), lo + n_starts - 1)
             starts = torch.where(use_fg[:, None], centred, uniform)

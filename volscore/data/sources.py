@@ -91,7 +91,9 @@ def _nifti_source(
         if spacing is not None:
             data, affine = resample(data, affine, spacing)
         scaler = IntensityScaler.fit(data)
-        volumes.append(np.ascontiguousarray(scaler.forward(data), dtype=np.float32))
+        data = np.ascontiguousarray(data, dtype=np.float32)
+        # In place: the loaded array is ours (never a memory map of the input file).
+        volumes.append(scaler.forward_(data if data.flags.writeable else data.copy()))
         scalers.append(scaler.to_dict())
         zooms.append([float(z) for z in np.sqrt((affine[:3, :3] ** 2).sum(0))])
     region = None
