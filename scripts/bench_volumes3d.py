@@ -424,7 +424,7 @@ def bench_seams(args: argparse.Namespace, tmp: Path, log: Callable[[str], None])
     source = open_source(
         cfg["data"], patch_size=patch, coords=cfg["coords"], spacing=cfg["spacing"], full_volume=True
     )
-    clean = source.sampler.volumes[0]  # (D, H, W), scaled as in training
+    clean = source.sampler.volumes[0].float()  # (D, H, W), scaled as in training (cached as float16)
     out["reference"] = {"template": _seam(clean, patch)}
     g = torch.Generator().manual_seed(args.seed + 7)
     denoised, noisies = {}, {}

@@ -183,3 +183,47 @@ def test_info_describes_the_bundled_template(capsys):
     assert main(["info", str(data_dir() / "mni152_2009a_sym_t1_1mm.nii.gz")]) == 0
     out = capsys.readouterr().out
     assert "197" in out and "233" in out
+
+
+def test_sample_shapes_writes_a_folder_of_nifti_and_a_sheet(tmp_path, capsys):
+    import nibabel as nib
+    import torch
+
+    from volscore.checkpoint import CHECKPOINT_NAME, save_checkpoint
+    from volscore.config import TrainConfig
+    from volscore.nets import build_model, model_args
+
+    torch.manual_seed(0)
+    run = tmp_path / "run"
+    cfg = TrainConfig(data=["shapes:primitives@16"], out=str(run), preset="tiny", steps=1, sigma_max=2.0,
+                      num_sigmas=5, coords=False)  # fmt: skip
+    save_checkpoint(
+        run / CHECKPOINT_NAME,
+        {
+            "model": build_model("tiny", 3).state_dict(),
+            "model_args": model_args("tiny", 3),
+            "config": cfg.to_dict(),
+            "data": {"kind": "shapes", "shape_kind": "primitives", "size": 16, "n": 10, "seed": 0},
+            "step": 1,
+        },
+    )
+    out = tmp_path / "shapes"
+    assert main(["sample", "--run", str(run), "--n", "3", "--out", str(out), "--n-steps-each", "1"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["samples.npy", "shape_000.nii.gz", "shape_001.nii.gz", "shape_002.nii.gz", "shapes.png"]
+    assert nib.load(out / "shape_001.nii.gz").shape == (16, 16, 16)
+    samples = np.load(out / "samples.npy")
+    assert samples.shape == (3, 1, 16, 16, 16) and samples.min() >= 0 and samples.max() <= 1
+    assert main(["sample", "--run", str(run), "--n", "2", "--out", str(tmp_path / "x.png")]) == 2
+    assert "folder" in capsys.readouterr().err
+
+
+def test_render_depth_sees_the_near_surface():
+    from volscore.plots import render_depth
+
+    occ = np.zeros((10, 6, 6), np.float32)
+    occ[2:8, 1:3, 1:3] = 1.0  # a bar starting at depth 2
+    occ[5:8, 4:5, 4:5] = 1.0  # a block starting deeper, at depth 5
+    img = render_depth(occ)
+    assert img[0, 0] == 0.0 and img[1, 1] == pytest.approx(1 - 0.85 * 2 / 9)
+    assert img[4, 4] == pytest.approx(1 - 0.85 * 5 / 9) and img[1, 1] > img[4, 4]

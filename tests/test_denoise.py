@@ -507,3 +507,61 @@ def test_denoise_file_self_supervised(tmp_path):
     assert nib.load(tmp_path / "out.nii.gz").get_data_dtype() == np.float32
     with pytest.raises(ValueError, match="steps=0"):
         denoise_file(src, tmp_path / "out2.nii.gz", self_supervised=True, steps=3)
+
+
+# -- the command line ---------------------------------------------------------------------------------
+def test_cli_denoise_file_writes_volume_record_and_picture(tmp_path, run_dir, capsys):
+    from volscore.cli import main
+
+    src = _noisy_head(tmp_path / "noisy.nii.gz", sigma=0.05, seed=3)
+    dst, png = tmp_path / "clean.nii.gz", tmp_path / "before_after.png"
+    assert (
+        main(["denoise", str(src), str(dst), "--run", str(run_dir), "--sigma", "0.05", "--png", str(png)])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "sigma 0.05" in out and "given" in out
+    record = json.loads((tmp_path / "clean.denoise.json").read_text())
+    assert record["sigma"]["input_units"] == 0.05 and record["output"] == str(dst)
+    assert nib.load(dst).shape == nib.load(src).shape and png.stat().st_size > 0
+    # auto sigma is printed; the same output again needs --force; input as output is refused
+    assert main(["denoise", str(src), str(dst), "--run", str(run_dir)]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert main(["denoise", str(src), str(dst), "--run", str(run_dir), "--force"]) == 0
+    assert "haar-hhh-mad" in capsys.readouterr().out
+    assert main(["denoise", str(src), str(src), "--run", str(run_dir), "--force"]) == 2
+    assert "refusing to overwrite the input" in capsys.readouterr().err
+
+
+def test_cli_denoise_folder_and_argument_errors(tmp_path, run_dir, capsys):
+    from volscore.cli import main
+
+    src_dir, dst_dir = tmp_path / "in", tmp_path / "out"
+    src_dir.mkdir()
+    _noisy_head(src_dir / "a.nii.gz", seed=1)
+    assert main(["denoise", "-i", str(src_dir), "-o", str(dst_dir), "--run", str(run_dir)]) == 0
+    assert (dst_dir / "a.nii.gz").exists() and (dst_dir / RECORD_NAME).exists()
+    assert "done" in capsys.readouterr().out
+    for argv, message in [
+        (["denoise", str(src_dir / "a.nii.gz"), str(tmp_path / "x.nii.gz")], "--run RUN"),
+        (["denoise", "a.nii.gz", "b.nii.gz", "--run", str(run_dir), "--self-supervised"], "not both"),
+        (["denoise", "a.nii.gz", "--run", str(run_dir)], "both INPUT and OUTPUT"),
+        (["denoise", "a.nii.gz", "b.nii.gz", "-i", str(src_dir), "--run", str(run_dir)], "not both"),
+        (["denoise", "a.nii.gz", "b.nii.gz", "--run", str(run_dir), "--sigma", "high"], "--sigma"),
+    ]:
+        assert main(argv) == 2, argv
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.nii.gz").exists()
+
+
+def test_cli_noisy_then_denoise_self_supervised(tmp_path, capsys):
+    from volscore.cli import main
+
+    clean = _write(tmp_path / "clean.nii.gz", head_phantom(24).astype(np.float32))
+    noisy, out = tmp_path / "noisy.nii.gz", tmp_path / "den.nii.gz"
+    assert main(["noisy", str(clean), str(noisy), "--fraction", "0.05", "--seed", "1"]) == 0
+    assert "sigma" in capsys.readouterr().out
+    argv = ["denoise", str(noisy), str(out), "--self-supervised", "--minutes", "0.05", "--objective", "dsm"]
+    assert main(argv) == 0
+    record = json.loads((tmp_path / "den.denoise.json").read_text())
+    assert record["self_supervised"] and record["objective"] == "dsm"

@@ -226,6 +226,11 @@ def test_evaluate_mnist_samples(digits: dict, classifier: MnistClassifier) -> No
     clipped = evaluate_mnist_samples((x_test * 5 - 2).clamp(0, 1), classifier, x_train, x_test)
     assert scaled == clipped
 
+    diverged = x_test.clone()
+    diverged[3, 0, 5, 5] = float("nan")
+    with pytest.raises(ValueError, match=r"1 of \d+ samples contain NaN"):
+        evaluate_mnist_samples(diverged, classifier, x_train, x_test)
+
 
 # ----------------------------------------------------------------------------- PSNR and SSIM
 

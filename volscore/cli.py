@@ -158,6 +158,8 @@ def cmd_sample(a: argparse.Namespace) -> int:
         _write_npy(png.with_suffix(".npy"), x.numpy())
         print(f"{a.n} samples in {time.monotonic() - t0:.0f} s: {png} and {png.with_suffix('.npy')}")
         return 0
+    if state["data"].get("kind") == "shapes":
+        return _sample_shapes(a, model, state, sigmas, step_lr, t0)
     if not a.shape:  # default: the shape of the (first) training volume
         a.shape = state["data"].get("shapes", [[cfg["patch_size"]] * 3])[0]
     x = sample_volume(
@@ -189,6 +191,32 @@ def cmd_sample(a: argparse.Namespace) -> int:
     # NIfTI arrays are (x, y, z): slicing x gives a sagittal view.
     save_montage(x[0].clamp(0, 1).numpy(), png, axis_names=("sagittal", "coronal", "axial"))
     print(f"volume {tuple(a.shape)} in {time.monotonic() - t0:.0f} s: {nii} and {png}")
+    return 0
+
+
+def _sample_shapes(a: argparse.Namespace, model, state: dict, sigmas, step_lr: float, t0: float) -> int:
+    """--n whole shapes into the folder --out: shape_000.nii.gz, ..., samples.npy and shapes.png."""
+    import numpy as np
+
+    from volscore.data.nifti import save_nifti
+    from volscore.generate import sample_images
+    from volscore.plots import save_shape_sheet
+
+    out = Path(a.out)
+    if out.suffix in (".png", ".gz", ".nii", ".npy"):
+        raise ValueError(f"{out}: a shape run samples into a folder (e.g. --out shapes/), not a file")
+    size = a.shape or [state["data"]["size"]] * 3
+    x = sample_images(model, a.n, (1, *size), sigmas, a.n_steps_each, step_lr, seed=a.seed, sampler=a.sampler)
+    occupancy = x.clamp(0, 1).numpy().astype(np.float32)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, v in enumerate(occupancy):
+        save_nifti(out / f"shape_{i:03d}.nii.gz", v[0])
+    _write_npy(out / "samples.npy", occupancy)
+    save_shape_sheet(occupancy, out / "shapes.png", nrow=int(np.ceil(np.sqrt(a.n))))
+    print(
+        f"{a.n} shapes {tuple(size)} in {time.monotonic() - t0:.0f} s: {out}/shape_*.nii.gz, "
+        f"{out / 'samples.npy'}, {out / 'shapes.png'}"
+    )
     return 0
 
 
@@ -434,8 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="sample images or a volume from a trained run", formatter_class=fmt)
     p.add_argument("--run", required=True)
-    p.add_argument("--out", required=True, help="grid .png (2D) or volume .nii.gz (3D)")
-    p.add_argument("--n", type=int, default=64, help="2D: number of samples")
+    p.add_argument("--out", required=True, help="grid .png (2D), volume .nii.gz (3D) or folder (shapes)")
+    p.add_argument("--n", type=int, default=64, help="2D and shapes: number of samples")
     p.add_argument("--shape", type=int, nargs=3, metavar=("D", "H", "W"), help="3D: volume shape")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sampler", choices=("annealed", "pc"), default="annealed")

@@ -292,6 +292,9 @@ def evaluate_mnist_samples(
     subset to another (1.2 to 2.4 on the bundled MNIST): read differences of that size as noise.
     """
     gen = torch.Generator().manual_seed(seed)
+    bad = int((~torch.isfinite(samples)).flatten(1).any(1).sum())
+    if bad:
+        raise ValueError(f"{bad} of {len(samples)} samples contain NaN or Inf (a diverged sampler?)")
     samples = samples.detach().float().cpu().clamp(0, 1)
     train_images = train_images.detach().float().cpu()
     test_images = test_images.detach().float().cpu()

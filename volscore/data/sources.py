@@ -92,8 +92,11 @@ def _nifti_source(
             data, affine = resample(data, affine, spacing)
         scaler = IntensityScaler.fit(data)
         data = np.ascontiguousarray(data, dtype=np.float32)
-        # In place: the loaded array is ours (never a memory map of the input file).
-        volumes.append(scaler.forward_(data if data.flags.writeable else data.copy()))
+        # In place (the loaded array is ours, never a memory map of the input file), then cached as
+        # float16, one volume at a time: see PatchSampler's memory note.
+        data = scaler.forward_(data if data.flags.writeable else data.copy())
+        volumes.append(torch.from_numpy(data).to(torch.float16))
+        del vol, data
         scalers.append(scaler.to_dict())
         zooms.append([float(z) for z in np.sqrt((affine[:3, :3] ** 2).sum(0))])
     region = None
@@ -103,13 +106,14 @@ def _nifti_source(
         if spacing is not None:
             stop = int(math.floor(stop * 1.0 / spacing))
         region = (slice(None), slice(0, stop), slice(None))
-    sampler = PatchSampler(volumes, patch_size, coords=coords, region=region)
+    shapes = [list(v.shape) for v in volumes]
+    sampler = PatchSampler(volumes, patch_size, coords=coords, region=region, dtype=torch.float16)
     meta = {
         "kind": "nifti",
         "paths": [str(p) for p in paths],
         "scalers": scalers,
         "zooms": zooms,
-        "shapes": [list(v.shape) for v in volumes],
+        "shapes": shapes,
         "spacing": spacing,
         "region_axis1_stop": None if region is None else region[1].stop,
     }

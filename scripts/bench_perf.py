@@ -1,0 +1,221 @@
+"""Training-step performance of volscore's 3D score U-Net against MONAI's DiffusionModelUNet, in one process.
+
+    .venv/bin/python scripts/bench_perf.py --threads 2 --json bench_perf.json
+
+Setting: patch 32^3, batch 4, one image channel, Adam, forward + backward + optimizer step; fp32 and
+bf16 autocast (CPU: bf16 is what ``--amp auto`` picks). Models:
+- volscore: ``build_model("small", 3, coord_channels=True)`` trained with DSM (``training_loss``, the
+  trainer's own loss: EDM preconditioning, sigma^2 weighting), and with SSM-VR and FD-SSM on the same
+  model;
+- MONAI: ``DiffusionModelUNet(spatial_dims=3)`` with no attention, one residual block per level and its
+  channels chosen so that its parameter count is closest to volscore's (reported), trained the way MONAI's
+  tutorials do (epsilon-prediction MSE at a random timestep).
+The two run alternately (``--rounds``), so both see the same machine load; medians are reported.
+FLOPs of a training step are counted with ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and
+matrix products, forward and backward); achieved FLOP/s are set against a measured conv3d peak: the best
+of a few large 3x3x3 convolutions (64 -> 64 channels at 32^3, batch 4, forward only) in the same dtype.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+PATCH, BATCH = 32, 4
+
+
+def _count(model: Any) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _monai_unet(channels: tuple[int, int, int]) -> Any:
+    from monai.networks.nets import DiffusionModelUNet
+
+    return DiffusionModelUNet(
+        spatial_dims=3,
+        in_channels=1,
+        out_channels=1,
+        num_res_blocks=1,
+        channels=channels,
+        attention_levels=(False, False, False),
+        norm_num_groups=8,
+    )
+
+
+def _matched_monai(target: int) -> tuple[Any, tuple[int, int, int]]:
+    """The DiffusionModelUNet (three levels, widths c, 2c, 4c or c, 2c, 2c) nearest ``target`` parameters."""
+    best = None
+    for c in (8, 16, 24, 32):
+        for mult in ((1, 2, 4), (1, 2, 2)):
+            ch = tuple(c * m for m in mult)
+            n = _count(_monai_unet(ch))
+            if best is None or abs(n - target) < abs(best[0] - target):
+                best = (n, ch)
+    assert best is not None
+    return _monai_unet(best[1]), best[1]
+
+
+def _volscore_step(objective: str) -> tuple[Any, Callable[[], None]]:
+    import torch
+
+    from volscore.nets import build_model
+    from volscore.train import training_loss
+
+    torch.manual_seed(0)
+    model = build_model("small", 3, coord_channels=True)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(BATCH, 1, PATCH, PATCH, PATCH, generator=g)
+    coords = torch.rand(BATCH, 3, PATCH, PATCH, PATCH, generator=g) * 2 - 1
+    sigma = torch.exp(torch.empty(BATCH).uniform_(-4, 2, generator=g))
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss = training_loss(model, objective, x, coords, sigma, g).float().mean()
+        loss.backward()
+        opt.step()
+
+    return model, step
+
+
+def _monai_step(model: Any) -> Callable[[], None]:
+    import torch
+    import torch.nn.functional as F
+
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(BATCH, 1, PATCH, PATCH, PATCH, generator=g)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        noise = torch.randn(x.shape, generator=g)
+        t = torch.randint(0, 1000, (BATCH,), generator=g)
+        loss = F.mse_loss(model(x + noise, t).float(), noise)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def _autocast(dtype: str):
+    import contextlib
+
+    import torch
+
+    if dtype == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _time(step: Callable[[], None], dtype: str, n: int) -> list[float]:
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        with _autocast(dtype):
+            step()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def _flops(step: Callable[[], None], dtype: str) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, _autocast(dtype):
+        step()
+    return int(counter.get_total_flops())
+
+
+def _conv_peak(dtype: str, repeats: int = 5) -> float:
+    """FLOP/s of the best of ``repeats`` large 3x3x3 convolutions (forward): the machine's conv3d peak."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    conv = torch.nn.Conv3d(64, 64, 3, padding=1)
+    x = torch.randn(BATCH, 64, PATCH, PATCH, PATCH, generator=g)
+    flops = 2 * 64 * 64 * 27 * BATCH * PATCH**3
+    best = float("inf")
+    with torch.no_grad(), _autocast(dtype):
+        conv(x)
+        for _ in range(repeats):
+            t = time.perf_counter()
+            conv(x)
+            best = min(best, time.perf_counter() - t)
+    return flops / best
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--steps", type=int, default=8, help="timed steps per model, dtype and round")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+
+    import torch
+
+    from volscore.machine import describe
+
+    torch.set_num_threads(args.threads)
+    vs_model, vs_dsm = _volscore_step("dsm")
+    monai_model, channels = _matched_monai(_count(vs_model))
+    steps: dict[str, Callable[[], None]] = {
+        "volscore DSM": vs_dsm,
+        "MONAI DiffusionModelUNet": _monai_step(monai_model),
+        "volscore SSM-VR": _volscore_step("ssm-vr")[1],
+        "volscore FD-SSM": _volscore_step("ssm-fd")[1],
+    }
+    report: dict[str, Any] = {
+        "machine": describe(args.threads),
+        "params": {"volscore": _count(vs_model), "monai": _count(monai_model), "monai_channels": channels},
+        "results": {},
+    }
+    n = report["params"]
+    print(f"parameters: volscore {n['volscore']:,}, MONAI {n['monai']:,} (channels {channels})")
+    for dtype in ("fp32", "bf16"):
+        peak = _conv_peak(dtype)
+        times: dict[str, list[float]] = {k: [] for k in steps}
+        for step in steps.values():  # warm-up (oneDNN primitive creation)
+            _time(step, dtype, 2)
+        for _ in range(args.rounds):
+            for name, step in steps.items():
+                times[name] += _time(step, dtype, args.steps)
+        for name, step in steps.items():
+            sec = statistics.median(times[name])
+            flops = _flops(step, dtype)
+            row = {
+                "sec_per_step": sec,
+                "voxels_per_s": BATCH * PATCH**3 / sec,
+                "flops_per_step": flops,
+                "flops_per_s": flops / sec,
+                "fraction_of_conv_peak": flops / sec / peak,
+            }
+            report["results"][f"{name} {dtype}"] = row
+            print(
+                f"{dtype} {name:<26} {sec:7.3f} s/step  {row['voxels_per_s'] / 1e3:7.1f} k voxels/s  "
+                f"{flops / 1e9:6.1f} GFLOP  {row['flops_per_s'] / 1e9:6.1f} GFLOP/s  "
+                f"{100 * row['fraction_of_conv_peak']:5.1f} % of conv peak {peak / 1e9:.1f} GFLOP/s",
+                flush=True,
+            )
+        report["results"][f"conv3d peak {dtype}"] = {"flops_per_s": peak}
+    r = report["results"]
+    for dtype in ("fp32", "bf16"):
+        sec = {name: r[f"{name} {dtype}"]["sec_per_step"] for name in steps}
+        dsm = sec["volscore DSM"]
+        print(
+            f"{dtype}: volscore / MONAI voxels/s {sec['MONAI DiffusionModelUNet'] / dsm:.2f}x; "
+            f"SSM-VR / DSM {sec['volscore SSM-VR'] / dsm:.2f}x; "
+            f"FD-SSM / DSM {sec['volscore FD-SSM'] / dsm:.2f}x"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()
