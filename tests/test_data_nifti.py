@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -263,3 +264,12 @@ def test_intensity_scaler():
         IntensityScaler.fit(np.full((4, 4, 4), 3.0))
     with pytest.raises(ValueError, match="NaN"):
         IntensityScaler.fit(np.array([1.0, np.nan, 2.0]))
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc (unwritable even for root)")
+def test_output_folder_not_writable_is_a_clear_error(tmp_path):
+    # /proc refuses new files even to root, so this runs under CI's root user too (chmod would not)
+    vol = load_volume(_write(tmp_path / "in.nii.gz", np.ones((3, 3, 3), np.float32)))
+    with pytest.raises(VolumeError, match=r"/proc/out.nii.gz: write failed"):
+        save_volume("/proc/out.nii.gz", vol.data, vol)
+    assert not Path("/proc/out.nii.gz").exists()

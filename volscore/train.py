@@ -178,8 +178,8 @@ class Trainer:
         if resume:
             state = load_checkpoint(ckpt_path)
             saved = TrainConfig.from_dict(state["config"])
-            # The budget may change on resume; the model, data and schedule may not.
-            saved.steps, saved.minutes = cfg.steps, cfg.minutes
+            # The budget and the device may change on resume; the model, data and schedule may not.
+            saved.steps, saved.minutes, saved.device = cfg.steps, cfg.minutes, cfg.device
             cfg = saved
         elif ckpt_path.exists():
             raise FileExistsError(f"{self.out}: a run already exists here; use --resume or another --out")

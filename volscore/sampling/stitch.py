@@ -15,11 +15,13 @@ The scores are stitched first; the sampler then takes one global Langevin step w
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import functools
 import itertools
 import math
+import sys
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -31,15 +33,6 @@ from volscore.noise import as_sigma_batch
 # patch_fn(x (N, C, *p), sigma (N,), coords (N, d, *p) | None) -> score (N, C, *p)
 PatchFn = Callable[[Tensor, Tensor, Tensor | None], Tensor]
 MODES = ("shift", "blend", "fixed")
-
-
-class Tile(NamedTuple):
-    """One tile of the shift/fixed grid and the (possibly larger) window evaluated for it."""
-
-    item: int
-    window: tuple[int, ...]  # window start per axis; the window size is the tile's class
-    start: tuple[int, ...]  # tile start per axis
-    size: tuple[int, ...]  # tile size per axis
 
 
 def _as_tuple(value: int | Sequence[int], ndim: int, name: str) -> tuple[int, ...]:
@@ -70,20 +63,6 @@ def _axis_segments(n: int, p: int, offset: int) -> list[tuple[int, int]]:
         cuts.pop()
     bounds = [0, *cuts, n]
     return [(a, b - a) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-
-
-def _window(start: int, size: int, p: int, n: int) -> tuple[int, int]:
-    """(start, size) of the window evaluated for the tile (start, size) on an axis of n voxels.
-
-    Merged end tiles are between p and 2p long, so a random offset alone would give up to p different tile
-    sizes per axis and ~p^3 tile shapes over a chain; each new shape leaves freed activation buffers of its
-    own size in the heap (RSS grew ~0.4 GiB per Langevin step at 256^3). Windows are rounded up to a multiple
-    of p/2 instead (sizes p, 1.5p or 2p: at most 27 shapes in 3D), reaching into the neighbouring tile (real
-    data, so no artificial edge) at about 5 % more voxels at 256^3, p = 32; only the tile's own part is kept.
-    """
-    q = max(p // 2, 1)
-    w = min(-(-size // q) * q, n)
-    return min(start, n - w), w
 
 
 def _pad_to_patch(x: Tensor, patch: tuple[int, ...]) -> tuple[Tensor, tuple[int, ...]]:
@@ -125,11 +104,10 @@ def stitch_score(
 ) -> Tensor:
     """Score of a whole volume x (B, C, *spatial) from non-overlapping tiles of a grid cut at offset + k p.
 
-    Each tile is evaluated through a window of p, 1.5p or 2p voxels per axis (``_window``); windows are
-    grouped by size and evaluated in balanced batches of at most ``tile_batch`` windows and at most
-    ``tile_batch * prod(patch_size)`` voxels or two windows (each at most (2p)^d voxels), written
-    straight into a preallocated output: peak memory is one batch of windows plus the output, never a
-    stack of all tiles.
+    Tiles are grouped by shape (at most 3 sizes per axis) and evaluated in balanced batches of at most
+    ``tile_batch`` tiles and at most ``tile_batch * prod(patch_size)`` voxels or two tiles (each below (2p)^d
+    voxels for volumes of at least 3p per axis), written straight into a preallocated output: peak memory is
+    one batch of tiles plus the output, never a stack of all tiles.
     Axes shorter than the patch are padded (replicate) and cropped back.
     """
     b, c, *shape = x.shape
@@ -139,27 +117,43 @@ def stitch_score(
     xp, lo = _pad_to_patch(x, patch)
     segments = [_axis_segments(n, p, o) for n, p, o in zip(xp.shape[2:], patch, off, strict=True)]
 
-    # window size -> [(item, window start, tile start, tile size)]
-    classes: dict[tuple[int, ...], list[Tile]] = {}
+    classes: dict[tuple[int, ...], list[tuple[int, tuple[int, ...]]]] = {}  # tile size -> [(item, start)]
     for item in range(b):
         for tile in itertools.product(*segments):
-            windows = [_window(a, s, p, n) for (a, s), p, n in zip(tile, patch, xp.shape[2:], strict=True)]
-            size = tuple(w for _, w in windows)
-            classes.setdefault(size, []).append(
-                Tile(item, tuple(a for a, _ in windows), tuple(a for a, _ in tile), tuple(s for _, s in tile))
-            )
+            classes.setdefault(tuple(s for _, s in tile), []).append((item, tuple(a for a, _ in tile)))
 
     out = torch.empty_like(xp)
+    trim = _malloc_trim() if x.device.type == "cpu" else None
     for size, tiles in classes.items():
         bounds = _batch_bounds(len(tiles), size, patch, tile_batch)
         for i, j in zip(bounds[:-1], bounds[1:], strict=True):
             _score_tiles(patch_fn, xp, sigma, tiles[i:j], size, shape, lo, coords, tile_batch, out)
+            if trim is not None:
+                trim(0)
     return _crop(out, lo, shape)
 
 
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None where there is none (macOS, Windows, musl).
+
+    The moving grid gives tile batches of ever new shapes (about 111 distinct ones in 3 steps at 256^3);
+    glibc keeps each batch's freed activations in its heap, so RSS grew 1.5 -> 1.8 -> 2.3 GiB over three
+    Langevin steps. Handing the free pages back after every batch holds a 256^3 chain at 0.85 GiB peak
+    for about 10 % more time per step (measured; bench_volumes3d (b)); rounding tiles up to a few fixed
+    shapes instead cost 20-35 % more voxels and still peaked at 1.75 GiB.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
 def _batch_bounds(n: int, size: tuple[int, ...], patch: tuple[int, ...], tile_batch: int) -> list[int]:
-    """Bounds of balanced batches of n same-size windows: at most ``tile_batch`` windows and, unless that
-    leaves fewer than two per batch, at most ``tile_batch * prod(patch)`` voxels (end windows are larger)."""
+    """Bounds of balanced batches of n same-shape tiles: at most ``tile_batch`` tiles and, unless that leaves
+    fewer than two tiles per batch, at most ``tile_batch * prod(patch)`` voxels (merged tiles are larger)."""
     per_call = min(tile_batch, max(2, tile_batch * math.prod(patch) // math.prod(size)))
     k = -(-n // per_call)
     return [n * i // k for i in range(k + 1)]
@@ -169,7 +163,7 @@ def _score_tiles(
     patch_fn: PatchFn,
     xp: Tensor,
     sigma: Tensor,
-    tiles: list[Tile],
+    tiles: list[tuple[int, tuple[int, ...]]],
     size: tuple[int, ...],
     shape: Sequence[int],
     lo: tuple[int, ...],
@@ -177,20 +171,20 @@ def _score_tiles(
     tile_batch: int,
     out: Tensor,
 ) -> None:
-    """Evaluate one batch of same-size windows and write their tiles' scores into ``out`` (in place)."""
+    """Evaluate one batch of same-shape tiles and write their scores into ``out`` (in place)."""
     # PyTorch's CPU convolution takes its slow native kernel for a batch of one small input (ConvUtils.h,
-    # use_mkldnn: N == 1 and N*C*D*H <= 20480), 5-10x slower than oneDNN here: evaluating a lone window twice
+    # use_mkldnn: N == 1 and N*C*D*H <= 20480), 5-10x slower than oneDNN here: evaluating a lone tile twice
     # is cheaper, and gives the same score for any network that treats samples independently.
     n = len(tiles)
     if n == 1 and tile_batch >= 2 and xp.device.type == "cpu":
         tiles = tiles * 2
-    items = [t.item for t in tiles]
-    windows = [tuple(slice(a, a + s) for a, s in zip(t.window, size, strict=True)) for t in tiles]
+    items = [item for item, _ in tiles]
+    slices = [tuple(slice(a, a + s) for a, s in zip(start, size, strict=True)) for _, start in tiles]
     # (N, C, *size): a copy, so the batch is all that tile extraction holds on to
-    x_tiles = torch.stack([xp[(i, slice(None), *w)] for i, w in zip(items, windows, strict=True)])
+    x_tiles = torch.stack([xp[(i, slice(None), *sl)] for i, sl in zip(items, slices, strict=True)])
     coords_t = None
     if coords:  # start - lo: position in the unpadded volume, so padded voxels get extrapolated coordinates
-        starts = [[a - p for a, p in zip(t.window, lo, strict=True)] for t in tiles]
+        starts = [[a - p for a, p in zip(start, lo, strict=True)] for _, start in tiles]
         coords_t = torch.stack([_tile_coords(shape, st, size, xp.dtype, xp.device) for st in starts])
     score = patch_fn(x_tiles, sigma[items], coords_t)
     if score.shape != x_tiles.shape:
@@ -198,10 +192,7 @@ def _score_tiles(
             f"patch_fn returned shape {tuple(score.shape)} for tiles of shape {tuple(x_tiles.shape)}"
         )
     for k in range(n):
-        t = tiles[k]
-        own = tuple(slice(a - w, a - w + s) for a, w, s in zip(t.start, t.window, t.size, strict=True))
-        dest = tuple(slice(a, a + s) for a, s in zip(t.start, t.size, strict=True))
-        out[(t.item, slice(None), *dest)] = score[(k, slice(None), *own)]
+        out[(items[k], slice(None), *slices[k])] = score[k]
 
 
 def _predict_window(window: Tensor, patch_fn: PatchFn, channels: int, sigma: Tensor, coords: bool) -> Tensor:
