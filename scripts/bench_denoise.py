@@ -180,7 +180,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         save_slices(pictures, png, axis=2, vmin=0.0, vmax=r)
 
     (results / "bench_denoise.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\n{report['date']}, {report['machine']}; trained {report['train_steps']} steps\n")
+    m = report["machine"]
+    print(
+        f"\n{report['date']}, {m['cpu']}, {m['logical_cpus']} cores, torch {m['torch']}, "
+        f"load {m['loadavg']:.2f}; model trained {report['train_steps']} steps\n"
+    )
     names = list(report["settings"])
     print("| method | " + " | ".join(f"{n}: PSNR / SSIM / s" for n in names) + " |")
     print("|---|" + "---|" * len(names))

@@ -293,8 +293,8 @@ def _median_fields(runs: list[dict[str, Any]]) -> dict[str, float]:
 # -- (b): stitched sampling ---------------------------------------------------------------------------
 def bench_sampling(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
     out = {}
-    rows = [(m, m, None) for m in MODES]
-    if args.malloc_row:
+    rows = [(m, m, None) for m in MODES if m in args.sample_modes]
+    if args.malloc_row and "shift" in args.sample_modes:
         # glibc raises its mmap threshold (up to 32 MiB) after freeing large blocks; later tensors of new
         # sizes then come from the heap and fragment it. Shift's ever-changing tile shapes make RSS grow
         # with every step; a fixed threshold returns freed tensors to the OS.
@@ -599,6 +599,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--sample-size", type=int, default=256, help="(b) volume edge")
     p.add_argument("--sample-rounds", type=int, default=3, help="(b) shift: plain pass + Langevin step pairs")
     p.add_argument("--context-rounds", type=int, default=1, help="(b) blend, fixed: pairs")
+    p.add_argument("--sample-modes", nargs="+", default=["shift", "blend", "fixed"], help="(b) which modes")
     p.add_argument("--tile-batch", type=int, default=8, help="(b, c) tiles per model call")
     p.add_argument("--overlap", type=float, default=0.5, help="(b) blend window overlap")
     p.add_argument(

@@ -20,6 +20,7 @@ import ctypes.util
 import functools
 import itertools
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -124,13 +125,31 @@ def stitch_score(
 
     out = torch.empty_like(xp)
     trim = _malloc_trim() if x.device.type == "cpu" else None
+    start = _rss_bytes() if trim is not None else None
     for size, tiles in classes.items():
         bounds = _batch_bounds(len(tiles), size, patch, tile_batch)
         for i, j in zip(bounds[:-1], bounds[1:], strict=True):
             _score_tiles(patch_fn, xp, sigma, tiles[i:j], size, shape, lo, coords, tile_batch, out)
-            if trim is not None:
+            if trim is not None and start is not None and (_rss_bytes() or 0) - start > HEAP_SLACK:
                 trim(0)
+    if trim is not None:
+        trim(0)
     return _crop(out, lo, shape)
+
+
+HEAP_SLACK = 512 * 2**20  # freed heap memory a stitched score may keep before handing it back (bytes)
+
+
+def _rss_bytes() -> int | None:
+    """Resident set size of this process from /proc (Linux), or None."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 @functools.cache
@@ -139,9 +158,11 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
     The moving grid gives tile batches of ever new shapes (about 111 distinct ones in 3 steps at 256^3);
     glibc keeps each batch's freed activations in its heap, so RSS grew 1.5 -> 1.8 -> 2.3 GiB over three
-    Langevin steps. Handing the free pages back after every batch holds a 256^3 chain at 0.85 GiB peak
-    for about 10 % more time per step (measured; bench_volumes3d (b)); rounding tiles up to a few fixed
-    shapes instead cost 20-35 % more voxels and still peaked at 1.75 GiB.
+    Langevin steps. Measured alternatives (bench_volumes3d (b), 256^3): trimming after every tile batch
+    held the chain at 0.85 GiB but cost 37 % more time per step (freed pages are faulted in again);
+    rounding tiles up to a few fixed shapes cost 20-35 % more voxels and still peaked at 1.75 GiB;
+    trimming once per stitched score was free but let one step reach 2.3 GiB. So the heap is trimmed
+    whenever RSS has grown by ``HEAP_SLACK`` within a stitched score, and at its end.
     """
     if not sys.platform.startswith("linux"):
         return None
