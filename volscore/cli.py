@@ -44,6 +44,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--minutes", type=float, help="wall-clock budget of this invocation")
     p.add_argument("--batch-size", type=int, help="default 64 for 2D images, 4 for 3D patches")
     p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--warmup", type=int, default=200, help="linear learning-rate warm-up steps")
     p.add_argument("--amp", choices=AMP_MODES, default="auto", help="auto: bf16 on CPU and capable GPUs")
     p.add_argument("--sigma-dist", choices=SIGMA_DISTS, default="loguniform")
     p.add_argument("--sigma-max", type=float, help="default: largest pairwise distance (NCSNv2)")
@@ -85,6 +86,7 @@ def _train_config(a: argparse.Namespace):
         minutes=a.minutes,
         batch_size=batch,
         lr=a.lr,
+        warmup=a.warmup,
         amp=a.amp,
         sigma_dist=a.sigma_dist,
         sigma_min=a.sigma_min,
@@ -330,6 +332,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
             str(a.minutes),
             "--lr",
             "1e-3",
+            "--warmup",
+            "50",  # a 5-minute CPU run makes a few hundred steps: 200 warm-up steps would be half of it
             "--ckpt-every",
             "200",
             "--seed",
