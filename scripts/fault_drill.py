@@ -9,8 +9,8 @@ with the same weights as a run that was never interrupted.
    ``--resume``; repeated ``--kills`` times, then run to the end. After every kill the checkpoint on disk
    must load (``weights_only=True``) and hold a step no later than the kill.
 3. The final checkpoint's model, EMA, optimizer state and step must equal the reference's bit for bit.
-Also counted: stale temporary files a kill leaves next to the checkpoint (``.checkpoint.*.tmp.pt``); the
-trainer ignores them, and they are harmless to a resumed run.
+Also counted: temporary files a kill during a save leaves next to the checkpoint (``.checkpoint.*.tmp.pt``);
+a resumed run deletes them (``remove_stale_temporaries``), so after the last resume there should be none.
 Exit code 0 when every check passes.
 """
 
@@ -58,7 +58,7 @@ def _tensors_equal(a: Any, b: Any, where: str, problems: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--steps", type=int, default=400)
     p.add_argument("--kills", type=int, default=8)
     p.add_argument("--out", default="runs/fault_drill")
     p.add_argument("--seed", type=int, default=0, help="seeds the kill times")
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.05)
         if proc.poll() is not None:
             break  # finished before we could kill it: the run is complete
-        time.sleep(rng.uniform(0.0, 1.5))
+        time.sleep(rng.uniform(0.0, 0.5))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         kills += 1

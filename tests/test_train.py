@@ -207,3 +207,13 @@ def test_identical_training_samples_give_a_clear_error(tmp_path):
     cfg = _cfg(tmp_path / "r", 1, data=[str(tmp_path / "v.nii.gz")], patch_size=8, sigma_max=None)
     with pytest.raises(ValueError, match="--sigma-max"):
         Trainer(cfg, progress=False)
+
+
+def test_resume_removes_temporaries_left_by_a_killed_save(tmp_path):
+    Trainer(_cfg(tmp_path / "k", 2), progress=False).run()
+    stale = tmp_path / "k" / ".checkpoint.abc123.tmp.pt"
+    stale.write_bytes(b"half a checkpoint")
+    other = tmp_path / "k" / ".metrics.abc.tmp.csv"  # not a checkpoint temporary: left alone
+    other.write_bytes(b"x")
+    Trainer(_cfg(tmp_path / "k", 3), resume=True, progress=False).run()
+    assert not stale.exists() and other.exists()

@@ -23,6 +23,19 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, corrupted, unsafe or for another model."""
 
 
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that a process killed while saving ``path`` left beside it.
+
+    ``atomic_write`` names them ``.<stem>.<random>.tmp<suffix>``; they were never renamed into place, so
+    nothing refers to them. Call only when no other process is writing this checkpoint.
+    """
+    p = Path(path)
+    stale = sorted(p.parent.glob(f".{p.stem}.*.tmp{p.suffix}"))
+    for f in stale:
+        f.unlink(missing_ok=True)
+    return stale
+
+
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     """Write ``state`` to ``path`` atomically: a kill mid-write leaves the previous file intact."""
     return atomic_write(path, lambda tmp: torch.save(state, tmp))

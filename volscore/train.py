@@ -25,6 +25,7 @@ from volscore.checkpoint import (
     CheckpointError,
     check_model_args,
     load_checkpoint,
+    remove_stale_temporaries,
     save_checkpoint,
 )
 from volscore.config import AMP_MODES, OBJECTIVES, SIGMA_DISTS, TrainConfig  # noqa: F401 (re-exported)
@@ -176,6 +177,8 @@ class Trainer:
         ckpt_path = self.out / CHECKPOINT_NAME
         state = None
         if resume:
+            if self.rank == 0:  # a run killed while saving leaves its temporary file behind
+                remove_stale_temporaries(ckpt_path)
             state = load_checkpoint(ckpt_path)
             saved = TrainConfig.from_dict(state["config"])
             # The budget and the device may change on resume; the model, data and schedule may not.
