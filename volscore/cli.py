@@ -372,7 +372,7 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 def cmd_denoise(a: argparse.Namespace) -> int:
     from volscore.atomic import atomic_write_json
-    from volscore.data.nifti import VolumeError
+    from volscore.data.nifti import VolumeError, same_file
     from volscore.denoise import denoise_file, denoise_folder
 
     folder = a.in_dir is not None or a.out_dir is not None
@@ -412,7 +412,7 @@ def cmd_denoise(a: argparse.Namespace) -> int:
         _before_after_png(src, dst, Path(a.png))
         print(f"before/after: {a.png}")
     json_path = Path(a.record) if a.record else dst.parent / (dst.name.split(".nii")[0] + ".denoise.json")
-    if json_path.exists() and _same_path(json_path, src):
+    if json_path.exists() and same_file(json_path, src):
         raise VolumeError(f"{json_path}: refusing to overwrite the input")
     atomic_write_json(json_path, record)
     print(f"record: {json_path}")
@@ -422,13 +422,6 @@ def cmd_denoise(a: argparse.Namespace) -> int:
 def _sigma_text(record: dict) -> str:
     s = record["sigma"]
     return f"sigma {s['input_units']:.4g} ({s['source']}; {s['model_units']:.4g} in model units)"
-
-
-def _same_path(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
 
 
 def _before_after_png(src: Path, dst: Path, png: Path) -> None:

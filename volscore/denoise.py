@@ -37,7 +37,14 @@ import torch
 from scipy import ndimage, special
 from torch import Tensor
 
-from volscore.data.nifti import NIFTI_SUFFIXES, IntensityScaler, VolumeError, load_volume, save_volume
+from volscore.data.nifti import (
+    NIFTI_SUFFIXES,
+    IntensityScaler,
+    VolumeError,
+    load_volume,
+    same_file,
+    save_volume,
+)
 
 PatchFn = Callable[[Tensor, Tensor, Tensor | None], Tensor]  # (x, sigma (N,), coords | None) -> score
 
@@ -429,13 +436,6 @@ def choose_scaler(
     return own, "scan"
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # one of them does not exist (yet)
-        return a.resolve() == b.resolve()
-
-
 def _check_request(
     src: Path, dst: Path, force: bool, sigma: str | float, noise: str, background: str
 ) -> None:
@@ -452,7 +452,7 @@ def _check_request(
         raise ValueError(f"sigma must be a finite number > 0, got {sigma}")
     if not dst.name.lower().endswith(NIFTI_SUFFIXES):
         raise VolumeError(f"{dst}: wrong extension, expected one of {', '.join(NIFTI_SUFFIXES)}")
-    if src.exists() and _same_file(dst, src):
+    if src.exists() and same_file(dst, src):
         raise VolumeError(f"{dst}: refusing to overwrite the input volume {src}")
     if not dst.parent.is_dir():
         raise VolumeError(f"{dst}: output folder {dst.parent} does not exist")
@@ -690,7 +690,7 @@ def denoise_folder(
         raise ValueError("give either a trained run or self_supervised=True (not both, not neither)")
     if not src_dir.is_dir():
         raise VolumeError(f"{src_dir}: not a folder")
-    if dst_dir.exists() and _same_file(dst_dir, src_dir):
+    if dst_dir.exists() and same_file(dst_dir, src_dir):
         raise VolumeError(f"{dst_dir}: output folder is the input folder; outputs would replace the inputs")
     paths = resolve_paths(src_dir)
     dst_dir.mkdir(parents=True, exist_ok=True)

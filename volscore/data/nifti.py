@@ -240,7 +240,7 @@ def _as_float32(data: Any) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(data, dtype=np.float32))
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def same_file(a: Path, b: Path) -> bool:
     """True if `a` and `b` are one file on disk, through symlinks and hard links."""
     try:
         if os.path.samefile(a, b):
@@ -257,7 +257,7 @@ def save_volume(path: str | os.PathLike, data: Any, reference: Volume) -> None:
     is never silently rescaled to the input's integer type. Refuses to overwrite the reference file.
     """
     out = Path(path).expanduser()
-    if _same_file(out, reference.path):
+    if same_file(out, reference.path):
         raise VolumeError(f"{out}: refusing to overwrite the input volume {reference.path}")
     array = _as_float32(data)
     if array.shape != reference.data.shape:
