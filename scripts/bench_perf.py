@@ -11,6 +11,9 @@ bf16 autocast (CPU: bf16 is what ``--amp auto`` picks). Models:
   channels chosen so that its parameter count is closest to volscore's (reported), trained the way MONAI's
   tutorials do (epsilon-prediction MSE at a random timestep).
 The two run alternately (``--rounds``), so both see the same machine load; medians are reported.
+The DSM step also runs with the trainer's two switches, ``--channels-last`` (weights in channels-last-3d
+memory format) and ``--compile`` (``torch.compile``, inductor; compiled during the warm-up), to decide
+whether either should be on by default.
 FLOPs of a training step are counted with ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and
 matrix products, forward and backward); achieved FLOP/s are set against a measured conv3d peak: the best
 of a few large 3x3x3 convolutions (64 -> 64 channels at 32^3, batch 4, forward only) in the same dtype.
@@ -60,7 +63,9 @@ def _matched_monai(target: int) -> tuple[Any, tuple[int, int, int]]:
     return _monai_unet(best[1]), best[1]
 
 
-def _volscore_step(objective: str) -> tuple[Any, Callable[[], None]]:
+def _volscore_step(
+    objective: str, channels_last: bool = False, compile: bool = False
+) -> tuple[Any, Callable[[], None]]:
     import torch
 
     from volscore.nets import build_model
@@ -68,6 +73,9 @@ def _volscore_step(objective: str) -> tuple[Any, Callable[[], None]]:
 
     torch.manual_seed(0)
     model = build_model("small", 3, coord_channels=True)
+    if channels_last:  # as ``volscore train --channels-last`` does
+        model = model.to(memory_format=torch.channels_last_3d)
+    net = torch.compile(model) if compile else model  # as ``volscore train --compile`` does
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(0)
     x = torch.rand(BATCH, 1, PATCH, PATCH, PATCH, generator=g)
@@ -76,7 +84,7 @@ def _volscore_step(objective: str) -> tuple[Any, Callable[[], None]]:
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        loss = training_loss(model, objective, x, coords, sigma, g).float().mean()
+        loss = training_loss(net, objective, x, coords, sigma, g).float().mean()
         loss.backward()
         opt.step()
 
@@ -174,7 +182,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "MONAI DiffusionModelUNet": _monai_step(monai_model),
         "volscore SSM-VR": _volscore_step("ssm-vr")[1],
         "volscore FD-SSM": _volscore_step("ssm-fd")[1],
+        "volscore DSM channels-last": _volscore_step("dsm", channels_last=True)[1],
+        "volscore DSM compiled": _volscore_step("dsm", compile=True)[1],
     }
+    same_flops = {"volscore DSM channels-last": "volscore DSM", "volscore DSM compiled": "volscore DSM"}
     report: dict[str, Any] = {
         "machine": describe(args.threads),
         "params": {"volscore": _count(vs_model), "monai": _count(monai_model), "monai_channels": channels},
@@ -185,14 +196,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for dtype in ("fp32", "bf16"):
         peak = _conv_peak(dtype)
         times: dict[str, list[float]] = {k: [] for k in steps}
-        for step in steps.values():  # warm-up (oneDNN primitive creation)
+        for step in steps.values():  # warm-up (oneDNN primitive creation; compilation per dtype)
             _time(step, dtype, 2)
         for _ in range(args.rounds):
             for name, step in steps.items():
                 times[name] += _time(step, dtype, args.steps)
         for name, step in steps.items():
             sec = statistics.median(times[name])
-            flops = _flops(step, dtype)
+            # The counter sees no ops inside a compiled graph: the variants do the plain step's FLOPs.
+            flops = (
+                report["results"][f"{same_flops[name]} {dtype}"]["flops_per_step"]
+                if name in same_flops
+                else _flops(step, dtype)
+            )
             row = {
                 "sec_per_step": sec,
                 "voxels_per_s": BATCH * PATCH**3 / sec,
@@ -217,7 +233,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(
             f"{dtype}: volscore / MONAI voxels/s {sec['MONAI DiffusionModelUNet'] / dsm:.2f}x; "
             f"SSM-VR / DSM {sec['volscore SSM-VR'] / dsm:.2f}x; "
-            f"FD-SSM / DSM {sec['volscore FD-SSM'] / dsm:.2f}x"
+            f"FD-SSM / DSM {sec['volscore FD-SSM'] / dsm:.2f}x; "
+            f"channels-last / plain {dsm / sec['volscore DSM channels-last']:.2f}x speed; "
+            f"compiled / plain {dsm / sec['volscore DSM compiled']:.2f}x speed"
         )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -217,3 +217,48 @@ def test_resume_removes_temporaries_left_by_a_killed_save(tmp_path):
     other.write_bytes(b"x")
     Trainer(_cfg(tmp_path / "k", 3), resume=True, progress=False).run()
     assert not stale.exists() and other.exists()
+
+
+def _max_param_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    pa, pb = _params(a), _params(b)
+    return max(float((pa[k].float() - pb[k].float()).abs().max()) for k in pa)
+
+
+def _channels_last(model: torch.nn.Module) -> bool:
+    """Whether the weights of the convolutions that read several channels are stored channels-last."""
+    weights = [p for p in model.parameters() if p.ndim == 4 and p.shape[1] > 1 and p.shape[-1] > 1]
+    assert weights
+    return all(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous() for p in weights)
+
+
+def test_channels_last_trains_like_the_default_layout(tmp_path):
+    plain = Trainer(_cfg(tmp_path / "p", 3), progress=False)
+    plain.run()
+    last = Trainer(_cfg(tmp_path / "c", 3, channels_last=True), progress=False)
+    assert _channels_last(last.model) and _channels_last(last.ema.module)
+    last.run()
+    # Same maths in another memory order: only the summation order of the convolutions differs.
+    assert _max_param_diff(plain.model, last.model) < 1e-4
+    # The checkpoint loads into an ordinary model: the layout is a runtime choice, not part of the run.
+    resumed = Trainer(_cfg(tmp_path / "c", 4), resume=True, progress=False)
+    assert not _channels_last(resumed.model)
+    resumed.run()
+
+
+def test_compile_is_refused_for_double_backward_objectives(tmp_path):
+    for objective in ("ssm", "ssm-vr"):
+        with pytest.raises(ValueError, match="double backward"):
+            Trainer(_cfg(tmp_path / objective, 2, objective=objective, compile=True), progress=False)
+    assert not (tmp_path / "ssm-vr").exists()
+
+
+@pytest.mark.slow
+def test_compiled_dsm_trains_like_eager(tmp_path):
+    # One compilation of the tiny model takes about a minute of CPU.
+    eager = Trainer(_cfg(tmp_path / "e", 3), progress=False)
+    eager.run()
+    compiled = Trainer(_cfg(tmp_path / "k", 3, compile=True), progress=False)
+    compiled.run()
+    assert _max_param_diff(eager.model, compiled.model) < 1e-4  # fused kernels reorder float sums
+    state = torch.load(tmp_path / "k" / "checkpoint.pt", weights_only=True)
+    assert not any(k.startswith("_orig_mod") for k in state["model"])  # plain keys: loadable anywhere

@@ -68,6 +68,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--ckpt-every", type=int, default=500)
     p.add_argument("--device", default="auto")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (not for ssm, ssm-vr)")
+    p.add_argument("--channels-last", action="store_true", help="channels-last(-3d) memory format")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--dry-run", action="store_true", help="print the resolved configuration and stop")
 
@@ -100,6 +102,8 @@ def _train_config(a: argparse.Namespace):
         ckpt_every=a.ckpt_every,
         device=a.device,
         data_shards=a.data_shards,
+        compile=a.compile,
+        channels_last=a.channels_last,
     )
 
 

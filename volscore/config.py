@@ -46,6 +46,8 @@ class TrainConfig:
     ckpt_every: int = 500
     max_skipped: int = 50  # non-finite losses tolerated before stopping
     device: str = "auto"
+    compile: bool = False  # torch.compile the model (DSM and FD-SSM only: no double backward)
+    channels_last: bool = False  # channels-last(-3d) memory format for weights and activations
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -64,6 +66,11 @@ class TrainConfig:
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         if self.steps is None and self.minutes is None:
             raise ValueError("give --steps or --minutes (or both)")
+        if self.compile and self.objective in ("ssm", "ssm-vr"):
+            raise ValueError(
+                f"--compile cannot train {self.objective}: torch.compile does not support its double "
+                "backward; use --objective ssm-fd or dsm, or drop --compile"
+            )
         if self.data_shards < 1:
             raise ValueError(f"data_shards must be >= 1, got {self.data_shards}")
         if self.batch_size < 1 or self.lr <= 0:

@@ -181,8 +181,10 @@ class Trainer:
                 remove_stale_temporaries(ckpt_path)
             state = load_checkpoint(ckpt_path)
             saved = TrainConfig.from_dict(state["config"])
-            # The budget and the device may change on resume; the model, data and schedule may not.
+            # The budget and how it runs may change on resume; the model, data and schedule may not.
             saved.steps, saved.minutes, saved.device = cfg.steps, cfg.minutes, cfg.device
+            saved.compile, saved.channels_last = cfg.compile, cfg.channels_last
+            saved.validate()
             cfg = saved
         elif ckpt_path.exists():
             raise FileExistsError(f"{self.out}: a run already exists here; use --resume or another --out")
@@ -209,6 +211,9 @@ class Trainer:
         )
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         self.model = build_model_from_args(self.model_args).to(self.device)
+        if cfg.channels_last:  # convolutions follow the weights' format; the EMA copy below keeps it
+            fmt = torch.channels_last_3d if self.source.spatial_dims == 3 else torch.channels_last
+            self.model = self.model.to(memory_format=fmt)
         self.ema = AveragedModel(self.model, multi_avg_fn=ema_with_warmup(cfg.ema_decay), use_buffers=True)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
@@ -225,6 +230,8 @@ class Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
+        if cfg.compile:  # compiles on the first step (about a minute on a CPU); checkpoints hold self.model
+            self.net = torch.compile(self.net)
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_json(
