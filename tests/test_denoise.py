@@ -1,4 +1,4 @@
-"""Tests for volscore/denoise.py: the maths on closed forms, the file handling on small NIfTI files.
+"""Tests for volscore/denoise/: the maths on closed forms, the file handling on small NIfTI files.
 
 - Noise estimators within 10 % at two sigmas: the Haar-MAD on a smooth phantom (and masked, over a
   zero-filled background), the Rayleigh-median on a magnitude phantom in air.

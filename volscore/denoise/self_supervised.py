@@ -1,0 +1,113 @@
+"""Self-supervised denoising (Noise2Score): fit a score model to patches of the noisy scan itself."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+OBJECTIVES = ("ssm-vr", "dsm")
+
+
+def self_supervised_levels(sigma: float, objective: str = "ssm-vr") -> tuple[float, float]:
+    """(t_min, t_max) of the extra training noise t for ``fit_self_supervised``; the score is used at t_min.
+
+    ssm-vr: t in [0.05, 0.2] sigma (SSM needs no noise at all; a little keeps the conditioning defined),
+    evaluated where sqrt(sigma^2 + t^2) = 1.001 sigma. dsm: t in [0.2, 2] sigma (DSM's target variance grows
+    as 1/t^2, so it cannot train at t -> 0; the net shares what it learns across t), evaluated at
+    sqrt(1 + 0.04) sigma = 1.02 sigma.
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    lo, hi = (0.05, 0.2) if objective == "ssm-vr" else (0.2, 2.0)
+    return lo * float(sigma), hi * float(sigma)
+
+
+def fit_self_supervised(
+    noisy: np.ndarray | Tensor,
+    sigma: float,
+    minutes: float | None = 5.0,
+    objective: str = "dsm",
+    patch_size: int = 32,
+    preset: str = "small",
+    out_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    steps: int | None = None,
+    progress: bool = False,
+    **overrides: Any,
+) -> torch.nn.Module:
+    """Fit a score model to patches of one noisy scan (model units) and return its EMA model (eval mode).
+
+    Maths (Noise2Score). The scan is y = x + sigma_0 n, a draw from p_{sigma_0} = p_x * N(0, sigma_0^2), and
+    Tweedie needs s_{p_{sigma_0}}(y). The trainer perturbs each patch again, z = y + t eps, and conditions
+    the network on t. Both objectives then learn the score of the law of z, which is p_x convolved with
+    N(0, sigma_0^2 + t^2): at conditioning t the network approximates grad log p_{sqrt(sigma_0^2 + t^2)}, not
+    grad log p_t as it would on clean data. So we train only at small t (``self_supervised_levels``) and
+    denoise with y + sigma_0^2 s(y, t_min): the score is that of p_{sigma_0 sqrt(1 + (t_min/sigma_0)^2)},
+    a relative level error of 0.1 % (ssm-vr) or 2 % (dsm).
+    - ssm-vr: sliced score matching learns the score of whatever density the samples come from (no clean
+      target needed), exactly p_{sqrt(sigma_0^2 + t^2)}; t may be tiny.
+    - dsm: |s(z, t) + eps / t|^2 is minimised by the score of the law of z as well (Vincent 2011 holds for any
+      p_x, here the noisy scan's law), but its variance grows as t -> 0, so t stays >= 0.2 sigma_0; this is
+      Noise2Score's AR-DAE recipe with t kept away from 0 instead of annealed to it.
+    Measured on a 48^3 MNI crop, sigma 0.05 (noisy 26.0 dB, best Gaussian filter 31.6), preset small, patch
+    24, on the busy 2-core CPU. DSM 3 min (120 steps): 32.9 dB reading the network at t_min = 0.2 sigma_0,
+    31.3 at sigma_0, 28.9 at 2 sigma_0. SSM-VR 6 min (only 40 steps, loss still falling): 29.2 dB at
+    t_min = 0.05 sigma_0, 28.9 at 0.2 sigma_0, 26.3 at sigma_0. So t_min is the right reading for both;
+    fits this short cannot rank the objectives.
+    The run (checkpoint, metrics) goes to ``out_dir``; None: a temporary folder, removed once the model is
+    loaded. ``overrides`` are further ``TrainConfig`` fields (batch_size, lr, amp, ...). Short fits: the EMA
+    decay defaults to 0.99 (0.999 would still be mostly the initial weights after a few hundred steps).
+    """
+    from volscore.config import TrainConfig
+    from volscore.data.patches import PatchSampler
+    from volscore.data.sources import Source
+    from volscore.generate import load_run
+    from volscore.train import Trainer
+
+    t_min, t_max = self_supervised_levels(sigma, objective)
+    volume = np.ascontiguousarray(np.asarray(noisy, dtype=np.float32))
+    # Half of the patches anywhere: the air is denoised too, so the model must see it.
+    sampler = PatchSampler([volume], patch_size, coords=True, foreground_fraction=0.5)
+    meta = {
+        "kind": "self-supervised",
+        "sigma": float(sigma),
+        "objective": objective,
+        "score_sigma": t_min,
+        "shapes": [list(volume.shape)],
+    }
+    settings = dict(
+        data=["self-supervised"],
+        objective=objective,
+        preset=preset,
+        minutes=minutes,
+        steps=steps,
+        batch_size=4,
+        lr=1e-3,
+        warmup=20,
+        ema_decay=0.99,
+        sigma_min=t_min,
+        sigma_max=t_max,
+        num_sigmas=2,
+        patch_size=int(patch_size),
+        coords=True,
+        seed=seed,
+        log_every=10,
+    )
+    settings.update(overrides)
+    meta["score_sigma"] = float(settings["sigma_min"])  # the level denoising must condition on
+    tmp = tempfile.mkdtemp(prefix="volscore_selfsup_") if out_dir is None else None
+    settings["out"] = str(out_dir or tmp)
+    try:
+        trainer = Trainer(TrainConfig(**settings), progress=progress, source=Source(sampler, 3, meta))
+        trainer.run()
+        model, _ = load_run(settings["out"])
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return model
