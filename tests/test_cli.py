@@ -21,6 +21,7 @@ def test_help_is_fast_and_lists_commands():
     assert e.value.code == 0
 
 
+@pytest.mark.reliability
 def test_unknown_data_source_is_a_clear_error(tmp_path, capsys):
     rc = main(["train", "--data", "mnistt", "--out", str(tmp_path / "r"), "--steps", "1"])
     err = capsys.readouterr().err
@@ -28,6 +29,7 @@ def test_unknown_data_source_is_a_clear_error(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.reliability
 def test_missing_run_directory_is_a_clear_error(tmp_path, capsys):
     rc = main(["sample", "--run", str(tmp_path / "nope"), "--out", str(tmp_path / "g.png")])
     err = capsys.readouterr().err
@@ -159,6 +161,7 @@ def test_train_then_sample_a_volume_larger_than_the_patch(tmp_path):
     np.testing.assert_array_equal(np.asarray(img.dataobj), np.asarray(nib.load(again).dataobj))
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize("case", ["2d", "nan", "empty-glob", "missing"])
 def test_bad_training_volumes_are_clear_errors(tmp_path, capsys, case):
     import nibabel as nib

@@ -46,6 +46,7 @@ def test_bad_noise_options():
         add_noise(np.zeros(3), 0.0)
 
 
+@pytest.mark.reliability
 def test_make_noisy_file_keeps_the_space_and_refuses_to_overwrite(tmp_path):
     affine = np.diag([1.5, 1.5, 2.0, 1.0])
     clean = np.random.default_rng(0).random((12, 13, 14)).astype(np.float32)

@@ -14,7 +14,10 @@ from volscore.checkpoint import load_checkpoint
 from volscore.config import TrainConfig
 from volscore.train import Trainer, amp_dtype
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = [
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+    pytest.mark.reliability,
+]
 
 
 def _cfg(out, amp: str, objective: str = "dsm", **kw) -> TrainConfig:

@@ -40,6 +40,7 @@ def _rng():
     return np.random.default_rng(0)
 
 
+@pytest.mark.reliability
 def test_float64_round_trip(tmp_path):
     data = _rng().normal(size=(5, 6, 7))
     src = _write(tmp_path / "in.nii.gz", data)
@@ -57,6 +58,7 @@ def test_float64_round_trip(tmp_path):
     np.testing.assert_array_equal(np.asarray(back.dataobj), vol.data * 3.0)
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize("dtype", [np.uint8, np.int16])
 def test_integer_input_with_scaling_is_applied_and_not_reapplied_on_save(tmp_path, dtype):
     raw = np.arange(4 * 5 * 6, dtype=dtype).reshape(4, 5, 6) % 100
@@ -79,6 +81,7 @@ def test_integer_input_with_scaling_is_applied_and_not_reapplied_on_save(tmp_pat
     np.testing.assert_array_equal(back.affine, AFFINE)
 
 
+@pytest.mark.reliability
 def test_big_endian_loads_native(tmp_path):
     data = np.arange(24, dtype=">f4").reshape(2, 3, 4)
     src = _write(tmp_path / "be.nii", data, header=nib.Nifti1Header(endianness=">"))
@@ -88,6 +91,7 @@ def test_big_endian_loads_native(tmp_path):
     np.testing.assert_array_equal(torch.from_numpy(vol.data).numpy(), np.arange(24).reshape(2, 3, 4))
 
 
+@pytest.mark.reliability
 def test_4d_needs_index(tmp_path):
     data = np.stack([np.full((3, 4, 5), float(t)) for t in range(3)], axis=-1)
     src = _write(tmp_path / "four.nii.gz", data)
@@ -102,42 +106,65 @@ def test_4d_needs_index(tmp_path):
     assert load_volume(single).data.shape == (3, 4, 5)
 
 
-def _bad_files(tmp_path):
-    """(name, path, expected message part) for every kind of unusable input."""
+def _bad_file(tmp_path, case: str):
+    """(path, expected message part) for one kind of unusable input."""
     good = _write(tmp_path / "good.nii.gz", _rng().normal(size=(16, 16, 16)).astype(np.float32))
     assert len(good.read_bytes()) > 10_000  # so that half of it still holds the header
-    cut_header = tmp_path / "cut_header.nii.gz"
-    cut_header.write_bytes(good.read_bytes()[:100])
-    random = tmp_path / "random.nii.gz"
-    random.write_bytes(_rng().bytes(2000))
-    truncated = tmp_path / "truncated.nii.gz"
-    truncated.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
-    plain_gz = tmp_path / "notnifti.nii.gz"
-    plain_gz.write_bytes(gzip.compress(b"hello, not an image" * 50))
     nan = np.ones((4, 4, 4), np.float32)
     nan[1, 2, 3] = np.nan
-    return [
-        (tmp_path / "missing.nii.gz", "no such file"),
-        (random, "not a readable NIfTI"),
-        (plain_gz, "not a readable NIfTI"),
-        (truncated, "truncated or corrupt"),
-        (cut_header, "not a readable NIfTI"),
-        (_write(tmp_path / "flat.nii.gz", np.ones((4, 5), np.float32)), "2D image"),
-        (_write(tmp_path / "empty.nii.gz", np.ones((4, 0, 4), np.float32)), "zero-size"),
-        (_write(tmp_path / "nan.nii.gz", nan), "1 NaN voxels"),
-        (_write(tmp_path / "inf.nii", np.full((2, 2, 2), np.inf, np.float32)), "8 Inf voxels"),
-    ]
+    if case == "missing":
+        return tmp_path / "missing.nii.gz", "no such file"
+    if case == "random-bytes":
+        path = tmp_path / "random.nii.gz"
+        path.write_bytes(_rng().bytes(2000))
+        return path, "not a readable NIfTI"
+    if case == "gzip-of-text":
+        path = tmp_path / "notnifti.nii.gz"
+        path.write_bytes(gzip.compress(b"hello, not an image" * 50))
+        return path, "not a readable NIfTI"
+    if case == "truncated":
+        path = tmp_path / "truncated.nii.gz"
+        path.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+        return path, "truncated or corrupt"
+    if case == "cut-header":
+        path = tmp_path / "cut_header.nii.gz"
+        path.write_bytes(good.read_bytes()[:100])
+        return path, "not a readable NIfTI"
+    if case == "2d":
+        return _write(tmp_path / "flat.nii.gz", np.ones((4, 5), np.float32)), "2D image"
+    if case == "zero-size":
+        return _write(tmp_path / "empty.nii.gz", np.ones((4, 0, 4), np.float32)), "zero-size"
+    if case == "nan":
+        return _write(tmp_path / "nan.nii.gz", nan), "1 NaN voxels"
+    assert case == "inf"
+    return _write(tmp_path / "inf.nii", np.full((2, 2, 2), np.inf, np.float32)), "8 Inf voxels"
 
 
-def test_bad_inputs_raise_volume_error_naming_the_file(tmp_path):
-    for path, problem in _bad_files(tmp_path):
-        with pytest.raises(VolumeError) as info:
-            load_volume(path)
-        message = str(info.value)
-        assert path.name in message, message
-        assert problem in message, message
+BAD_FILES = (
+    "missing",
+    "random-bytes",
+    "gzip-of-text",
+    "truncated",
+    "cut-header",
+    "2d",
+    "zero-size",
+    "nan",
+    "inf",
+)
 
 
+@pytest.mark.reliability
+@pytest.mark.parametrize("case", BAD_FILES)
+def test_bad_inputs_raise_volume_error_naming_the_file(tmp_path, case):
+    path, problem = _bad_file(tmp_path, case)
+    with pytest.raises(VolumeError) as info:
+        load_volume(path)
+    message = str(info.value)
+    assert path.name in message, message
+    assert problem in message, message
+
+
+@pytest.mark.reliability
 def test_wrong_extension(tmp_path):
     text = tmp_path / "scan.txt"
     text.write_text("x")
@@ -146,6 +173,7 @@ def test_wrong_extension(tmp_path):
             call(text)
 
 
+@pytest.mark.reliability
 def test_resolve_paths(tmp_path, monkeypatch):
     for name in ("b.nii.gz", "a.nii", "c.nii.gz"):
         _write(tmp_path / name, np.zeros((2, 2, 2), np.float32))
@@ -174,6 +202,7 @@ def test_resolve_paths(tmp_path, monkeypatch):
     assert resolve_paths("mni152") == [tmp_path / nifti.MNI152_FILE]
 
 
+@pytest.mark.reliability
 def test_save_refuses_to_overwrite_the_input(tmp_path):
     src = _write(tmp_path / "in.nii.gz", np.ones((3, 3, 3), np.float32))
     before = src.read_bytes()
@@ -201,6 +230,7 @@ def test_save_checks_shape_and_extension(tmp_path):
         save_volume(tmp_path / "nodir" / "out.nii.gz", vol.data, vol)
 
 
+@pytest.mark.reliability
 def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
     vol = load_volume(_write(tmp_path / "in.nii.gz", np.ones((3, 3, 3), np.float32)))
     out = tmp_path / "out.nii.gz"
@@ -266,6 +296,7 @@ def test_intensity_scaler():
         IntensityScaler.fit(np.array([1.0, np.nan, 2.0]))
 
 
+@pytest.mark.reliability
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc (unwritable even for root)")
 def test_output_folder_not_writable_is_a_clear_error(tmp_path):
     # /proc refuses new files even to root, so this runs under CI's root user too (chmod would not)

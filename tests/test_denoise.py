@@ -352,6 +352,7 @@ def _header_int16():
     return header
 
 
+@pytest.mark.reliability
 def test_int16_with_scl_slope_round_trip(tmp_path, run_dir):
     rng = np.random.default_rng(8)
     raw = np.round((head_phantom(24) + 0.05 * rng.standard_normal((24,) * 3)) * 2000).astype(np.int16)
@@ -382,6 +383,7 @@ def test_int16_with_scl_slope_round_trip(tmp_path, run_dir):
     assert rec["method"] == "tweedie" and json.loads(json.dumps(rec)) == rec
 
 
+@pytest.mark.reliability
 def test_float64_input_and_annealed_record(tmp_path, run_dir):
     src = _noisy_head(tmp_path / "scan.nii", sigma=0.05)
     assert nib.load(src).get_data_dtype() == np.float64
@@ -397,6 +399,7 @@ def test_float64_input_and_annealed_record(tmp_path, run_dir):
     assert again["sigma"] == rec["sigma"]
 
 
+@pytest.mark.reliability
 def test_refuses_to_overwrite_input_directly_or_via_symlink(tmp_path, run_dir):
     src = _noisy_head(tmp_path / "scan.nii.gz")
     before = src.read_bytes()
@@ -409,6 +412,7 @@ def test_refuses_to_overwrite_input_directly_or_via_symlink(tmp_path, run_dir):
     assert src.read_bytes() == before
 
 
+@pytest.mark.reliability
 def test_existing_output_needs_force(tmp_path, run_dir):
     src = _noisy_head(tmp_path / "scan.nii.gz")
     out = tmp_path / "out.nii.gz"
@@ -453,6 +457,7 @@ def _bad_inputs(tmp_path):
     yield _write(tmp_path / "nan.nii.gz", data), "NaN"
 
 
+@pytest.mark.reliability
 def test_bad_inputs_raise_volume_error_and_write_nothing(tmp_path, run_dir):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
@@ -463,6 +468,7 @@ def test_bad_inputs_raise_volume_error_and_write_nothing(tmp_path, run_dir):
         assert list(out_dir.iterdir()) == []
 
 
+@pytest.mark.reliability
 def test_bad_options_are_refused_before_reading(tmp_path, run_dir):
     src = tmp_path / "never_read.nii.gz"  # does not exist: the options fail first
     out = tmp_path / "out.nii.gz"

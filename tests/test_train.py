@@ -35,6 +35,7 @@ def _params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize("objective", ["dsm", "ssm-vr"])
 def test_resumed_run_continues_exactly(tmp_path, objective):
     straight = Trainer(_cfg(tmp_path / "a", 6, objective=objective), progress=False)
@@ -52,6 +53,7 @@ def test_resumed_run_continues_exactly(tmp_path, objective):
     assert [r.split(",")[0] for r in rows[1:]] == ["2", "4", "6"]
 
 
+@pytest.mark.reliability
 def test_run_directory_contents_and_refusal_to_overwrite(tmp_path):
     t = Trainer(_cfg(tmp_path / "r", 4), progress=False)
     t.run()
@@ -63,6 +65,7 @@ def test_run_directory_contents_and_refusal_to_overwrite(tmp_path):
         Trainer(_cfg(tmp_path / "r", 4), progress=False)
 
 
+@pytest.mark.reliability
 def test_checkpoint_for_another_preset_is_refused(tmp_path):
     Trainer(_cfg(tmp_path / "r", 1), progress=False).run()
     state = load_checkpoint(tmp_path / "r" / "checkpoint.pt")
@@ -77,6 +80,7 @@ class _Evil:
         return (print, ("this would have run code",))
 
 
+@pytest.mark.reliability
 def test_unsafe_and_corrupt_checkpoints_are_refused(tmp_path):
     evil = tmp_path / "evil.pt"
     torch.save({"model": _Evil(), "model_args": {}}, evil, pickle_protocol=pickle.HIGHEST_PROTOCOL)
@@ -90,6 +94,7 @@ def test_unsafe_and_corrupt_checkpoints_are_refused(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
 
 
+@pytest.mark.reliability
 def test_atomic_checkpoint_keeps_previous_file_when_save_fails(tmp_path, monkeypatch):
     path = tmp_path / "c.pt"
     save_checkpoint(path, {"model": {}, "model_args": {}, "step": 1})
@@ -105,12 +110,14 @@ def test_atomic_checkpoint_keeps_previous_file_when_save_fails(tmp_path, monkeyp
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary left behind
 
 
+@pytest.mark.reliability
 def test_minutes_budget_stops_with_a_checkpoint(tmp_path):
     t = Trainer(_cfg(tmp_path / "m", None, minutes=0.02), progress=False)
     t.run()
     assert t.step >= 1 and load_checkpoint(tmp_path / "m" / "checkpoint.pt")["step"] == t.step
 
 
+@pytest.mark.reliability
 def test_non_finite_losses_are_skipped_then_stop(tmp_path, monkeypatch):
     t = Trainer(_cfg(tmp_path / "n", 50, max_skipped=3), progress=False)
     monkeypatch.setattr("volscore.train.training_loss", lambda *a, **k: torch.full((4,), float("nan")))
@@ -145,6 +152,7 @@ def test_ema_warmup_follows_the_model_early_and_averages_late():
     assert torch.allclose(ema[0], torch.full((3,), 1 - 0.999))
 
 
+@pytest.mark.reliability
 @pytest.mark.slow
 @pytest.mark.parametrize("objective", ["dsm", "ssm-vr"])
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path, objective):
@@ -209,6 +217,7 @@ def test_identical_training_samples_give_a_clear_error(tmp_path):
         Trainer(cfg, progress=False)
 
 
+@pytest.mark.reliability
 def test_resume_removes_temporaries_left_by_a_killed_save(tmp_path):
     Trainer(_cfg(tmp_path / "k", 2), progress=False).run()
     stale = tmp_path / "k" / ".checkpoint.abc123.tmp.pt"
