@@ -17,7 +17,8 @@ Protocol
   noise); BM4D (``bm4d`` package, sigma_psd = sigma, default profile); volscore Tweedie (one stitched
   denoiser pass) and refined (predictor-only chain of ``--steps`` levels from the scan's sigma) with a
   model trained by DSM for ``--train-minutes`` on the template's y < 120, conditioned on sigma in
-  [0.01, 0.5] (model units, i.e. fractions of the template's 0.5-99.5 percentile range), and volscore
+  ``--train-sigmas`` (default [0.01, 0.5]; model units, i.e. fractions of the template's 0.5-99.5
+  percentile range), and volscore
   self-supervised (Noise2Score: fitted on the noisy crop alone for ``--fit-minutes``, SSM-VR and DSM)
   at Gaussian 0.05. volscore runs go through ``denoise_file`` (NIfTI in, NIfTI out), as a user's would.
 - Seconds are wall-clock on this machine for the denoising itself (fitting reported apart).
@@ -39,11 +40,11 @@ SETTINGS = (("gaussian", 0.05), ("gaussian", 0.10), ("rician", 0.05))
 GAUSS_WIDTHS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 
 
-def _train(run: Path, minutes: float, seed: int) -> None:
+def _train(run: Path, minutes: float, seed: int, sigma_range: tuple[float, float]) -> None:
     cmd = [
         sys.executable, "-m", "volscore", "train", "--data", "mni152", "--out", str(run),
         "--objective", "dsm", "--patch-size", "32", "--preset", "small", "--minutes", str(minutes),
-        "--sigma-min", "0.01", "--sigma-max", "0.5", "--seed", str(seed),
+        "--sigma-min", str(sigma_range[0]), "--sigma-max", str(sigma_range[1]), "--seed", str(seed),
     ]  # fmt: skip
     subprocess.run(cmd, check=True, stderr=subprocess.DEVNULL)
 
@@ -72,6 +73,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--out", default="runs/bench_denoise")
     p.add_argument("--run", help="reuse this trained run instead of training one")
     p.add_argument("--train-minutes", type=float, default=30.0)
+    p.add_argument(
+        "--train-sigmas",
+        type=float,
+        nargs=2,
+        default=[0.01, 0.5],
+        metavar=("MIN", "MAX"),
+        help="the trained model's sigma range in model units (the refined chain goes down to MIN)",
+    )
     p.add_argument("--fit-minutes", type=float, default=10.0, help="self-supervised fitting per objective")
     p.add_argument("--steps", type=int, default=10, help="levels of the refined chain")
     p.add_argument("--skip", nargs="*", default=[], help="methods to leave out, e.g. bm4d nlmeans selfsup")
@@ -112,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.run:
         t = time.perf_counter()
         if not (run / "checkpoint.pt").exists():
-            _train(run, args.train_minutes, args.seed)
+            _train(run, args.train_minutes, args.seed, tuple(args.train_sigmas))
         report["train_seconds"] = time.perf_counter() - t
     loaded = load_run(run)
     report["train_steps"] = int(loaded[1]["step"])
