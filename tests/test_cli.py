@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -230,3 +231,20 @@ def test_render_depth_sees_the_near_surface():
     img = render_depth(occ)
     assert img[0, 0] == 0.0 and img[1, 1] == pytest.approx(1 - 0.85 * 2 / 9)
     assert img[4, 4] == pytest.approx(1 - 0.85 * 5 / 9) and img[1, 1] > img[4, 4]
+
+
+def test_patch_trained_shapes_sample_stitched_whole_shapes(tmp_path, capsys):
+    # shapes at 20^3 trained on 12^3 patches with coordinates (PatchDDM), sampled by stitching.
+    run, out = tmp_path / "run", tmp_path / "shapes"
+    args = ["train", "--data", "shapes:primitives@20", "--patch-size", "12", "--preset", "tiny"]
+    args += ["--steps", "2", "--sigma-max", "2", "--num-sigmas", "4", "--amp", "off"]
+    assert main([*args, "--out", str(run)]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["model_args"]["net"]["coord_channels"] is True
+    assert config["data"]["patch_size"] == 12 and config["data"]["size"] == 20
+    sample = ["sample", "--run", str(run), "--n", "2", "--out", str(out), "--n-steps-each", "1"]
+    assert main(sample) == 0
+    samples = np.load(out / "samples.npy")
+    assert samples.shape == (2, 1, 20, 20, 20) and 0 <= samples.min() and samples.max() <= 1
+    assert not np.array_equal(samples[0], samples[1])  # one seed per shape
+    assert (out / "shape_001.nii.gz").exists() and (out / "shapes.png").exists()

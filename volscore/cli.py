@@ -203,16 +203,31 @@ def cmd_sample(a: argparse.Namespace) -> int:
 def _sample_shapes(a: argparse.Namespace, model, state: dict, sigmas, step_lr: float, t0: float) -> int:
     """--n whole shapes into the folder --out: shape_000.nii.gz, ..., samples.npy and shapes.png."""
     import numpy as np
+    import torch
+    from tqdm.auto import tqdm
 
     from volscore.data.nifti import save_nifti
-    from volscore.generate import sample_images
+    from volscore.generate import sample_images, sample_volume
     from volscore.plots import save_shape_sheet
 
     out = Path(a.out)
     if out.suffix in (".png", ".gz", ".nii", ".npy"):
         raise ValueError(f"{out}: a shape run samples into a folder (e.g. --out shapes/), not a file")
-    size = a.shape or [state["data"]["size"]] * 3
-    x = sample_images(model, a.n, (1, *size), sigmas, a.n_steps_each, step_lr, seed=a.seed, sampler=a.sampler)
+    data = state["data"]
+    size = a.shape or [data["size"]] * 3
+    if "patch_size" in data:  # a patch model (PatchDDM): each shape is a stitched volume of its own
+        x = torch.stack(
+            [
+                sample_volume(model, size, data["patch_size"], data["coords"], sigmas, a.n_steps_each,
+                              step_lr, seed=a.seed + i, stitch=a.stitch, tile_batch=a.tile_batch,
+                              sampler=a.sampler, progress=False)
+                for i in tqdm(range(a.n), desc="shapes", unit="shape")
+            ]
+        )  # fmt: skip
+    else:
+        x = sample_images(
+            model, a.n, (1, *size), sigmas, a.n_steps_each, step_lr, seed=a.seed, sampler=a.sampler
+        )
     occupancy = x.clamp(0, 1).numpy().astype(np.float32)
     out.mkdir(parents=True, exist_ok=True)
     for i, v in enumerate(occupancy):

@@ -20,11 +20,15 @@ disjoint MNIST images). Default sizes (``default_count``): 1,000 train and 200 r
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.ndimage
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from volscore.data.patches import PatchSampler
 
 KINDS = ("primitives", "digits")
 SPLITS = ("train", "reference")
@@ -294,6 +298,15 @@ class ShapeSource:
     def meta(self) -> dict[str, object]:
         n = len(self.labels)
         return {"kind": "shapes", "shape_kind": self.kind, "size": self.size, "n": n, "seed": self.seed}
+
+    def patches(self, patch_size: int, coords: bool = True) -> PatchSampler:
+        """A ``PatchSampler`` over the shapes (float16 cache, half the patches anywhere): training a
+        ``patch_size`` model with coordinate channels on larger shapes (PatchDDM), which the stitched
+        sampler turns back into whole shapes."""
+        from volscore.data.patches import PatchSampler
+
+        volumes = [(v[0].to(torch.float32) / 255.0).to(torch.float16) for v in self.volumes]
+        return PatchSampler(volumes, patch_size, coords=coords, foreground_fraction=0.5, dtype=torch.float16)
 
     @property
     def sample_shape(self) -> tuple[int, ...]:

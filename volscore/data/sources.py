@@ -68,6 +68,9 @@ def open_source(
         from volscore.data.shapes import ShapeSource
 
         shapes = ShapeSource.from_spec(spec[0][len(SHAPE_PREFIX) :])  # primitives, digits, primitives@64
+        if patch_size < shapes.size:  # e.g. shapes:primitives@64 with 32^3 patches and coordinates
+            sampler = shapes.patches(patch_size, coords)
+            return Source(sampler, 3, {**shapes.meta, "patch_size": patch_size, "coords": coords})
         return Source(shapes, 3, shapes.meta)
     return _nifti_source(spec, patch_size, coords, spacing, full_volume, volume_index)
 
