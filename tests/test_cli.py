@@ -248,3 +248,12 @@ def test_patch_trained_shapes_sample_stitched_whole_shapes(tmp_path, capsys):
     assert samples.shape == (2, 1, 20, 20, 20) and 0 <= samples.min() and samples.max() <= 1
     assert not np.array_equal(samples[0], samples[1])  # one seed per shape
     assert (out / "shape_001.nii.gz").exists() and (out / "shapes.png").exists()
+    pytest.importorskip("skimage", reason="mesh export is the optional 'mesh' extra")
+    meshed = tmp_path / "meshed"
+    capsys.readouterr()
+    assert main([*sample[:-3], str(meshed), "--n-steps-each", "1", "--mesh"]) == 0
+    made = {p.stem for p in meshed.glob("*.obj")}
+    # Two shapes from a 2-step model: a mesh each, or a note for a shape without a surface.
+    note = [line for line in capsys.readouterr().out.splitlines() if line.startswith("no surface")]
+    noted = set(note[0].split(": ")[1].split(", ")) if note else set()
+    assert made | noted == {"shape_000", "shape_001"} and not made & noted

@@ -234,6 +234,17 @@ def _sample_shapes(a: argparse.Namespace, model, state: dict, sigmas, step_lr: f
         save_nifti(out / f"shape_{i:03d}.nii.gz", v[0])
     _write_npy(out / "samples.npy", occupancy)
     save_shape_sheet(occupancy, out / "shapes.png", nrow=int(np.ceil(np.sqrt(a.n))))
+    if a.mesh:
+        from volscore.mesh import marching_cubes, save_obj
+
+        empty = []
+        for i, v in enumerate(occupancy):
+            try:
+                save_obj(out / f"shape_{i:03d}.obj", *marching_cubes(v[0]))
+            except ValueError:  # no surface at 0.5: nothing to mesh
+                empty.append(f"shape_{i:03d}")
+        if empty:
+            print(f"no surface (no mesh written): {', '.join(empty)}")
     print(
         f"{a.n} shapes {tuple(size)} in {time.monotonic() - t0:.0f} s: {out}/shape_*.nii.gz, "
         f"{out / 'samples.npy'}, {out / 'shapes.png'}"
@@ -489,6 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step-lr-scale", type=float, default=1.0, help="multiplies the step size")
     p.add_argument("--stitch", choices=("shift", "blend"), default="shift", help="3D: patch stitching")
     p.add_argument("--tile-batch", type=int, default=8, help="3D: tiles per network call (bounds memory)")
+    p.add_argument("--mesh", action="store_true", help="shapes: also shape_XXX.obj (needs volscore[mesh])")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("evaluate", help="MNIST sample quality of a .npy of samples", formatter_class=fmt)
