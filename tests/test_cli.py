@@ -220,6 +220,13 @@ def test_sample_shapes_writes_a_folder_of_nifti_and_a_sheet(tmp_path, capsys):
     assert samples.shape == (3, 1, 16, 16, 16) and samples.min() >= 0 and samples.max() <= 1
     assert main(["sample", "--run", str(run), "--n", "2", "--out", str(tmp_path / "x.png")]) == 2
     assert "folder" in capsys.readouterr().err
+    # --mesh without scikit-image: a clear error before any sampling, nothing written.
+    with pytest.MonkeyPatch.context() as m:
+        m.setitem(sys.modules, "skimage", None)
+        m.setitem(sys.modules, "skimage.measure", None)
+        assert main(["sample", "--run", str(run), "--n", "2", "--out", str(tmp_path / "m"), "--mesh"]) == 2
+    assert "pip install 'volscore[mesh]'" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
 
 
 def test_render_depth_sees_the_near_surface():

@@ -213,6 +213,10 @@ def _sample_shapes(a: argparse.Namespace, model, state: dict, sigmas, step_lr: f
     out = Path(a.out)
     if out.suffix in (".png", ".gz", ".nii", ".npy"):
         raise ValueError(f"{out}: a shape run samples into a folder (e.g. --out shapes/), not a file")
+    if a.mesh:  # before sampling, not after it
+        from volscore.mesh import require_mesh_support
+
+        require_mesh_support()
     data = state["data"]
     size = a.shape or [data["size"]] * 3
     if "patch_size" in data:  # a patch model (PatchDDM): each shape is a stitched volume of its own

@@ -15,16 +15,24 @@ import numpy as np
 from volscore.atomic import atomic_write_text
 
 
+def require_mesh_support() -> None:
+    """Raise a clear error, naming the extra to install, when scikit-image is missing: called before
+    long work (sampling) so that it fails at once rather than at the end."""
+    try:
+        import skimage.measure  # noqa: F401
+    except ImportError as exc:
+        raise ValueError("mesh export needs scikit-image: pip install 'volscore[mesh]'") from exc
+
+
 def marching_cubes(
     volume: np.ndarray, level: float = 0.5, spacing: Sequence[float] = (1.0, 1.0, 1.0)
 ) -> tuple[np.ndarray, np.ndarray]:
     """Vertices (V, 3) float32 in voxel units times ``spacing`` and triangles (F, 3) int64 of the ``level``
     iso-surface of a (D, H, W) volume. The volume is padded by one empty voxel so that shapes touching the
     border still give closed surfaces. Raises ValueError if the volume never crosses ``level``."""
-    try:
-        from skimage.measure import marching_cubes as _mc
-    except ImportError as exc:  # an optional extra: say how to get it
-        raise ImportError("mesh export needs scikit-image: pip install 'volscore[mesh]'") from exc
+    require_mesh_support()
+    from skimage.measure import marching_cubes as _mc
+
     v = np.asarray(volume, dtype=np.float32)
     if v.ndim != 3:
         raise ValueError(f"expected a (D, H, W) volume, got shape {v.shape}")
