@@ -29,7 +29,7 @@ def _cache_dir() -> Path:
 
 # -- train ---------------------------------------------------------------------------------------------
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    from volscore.config import AMP_MODES, OBJECTIVES, SIGMA_DISTS
+    from volscore.config import AMP_MODES, OBJECTIVES, SIGMA_DISTS, WEIGHTINGS
 
     p.add_argument(
         "--data",
@@ -47,6 +47,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=200, help="linear learning-rate warm-up steps")
     p.add_argument("--amp", choices=AMP_MODES, default="auto", help="auto: bf16 on CPU and capable GPUs")
     p.add_argument("--sigma-dist", choices=SIGMA_DISTS, default="loguniform")
+    p.add_argument("--weighting", choices=WEIGHTINGS, default="sigma2", help="loss weight lambda(sigma)")
     p.add_argument("--sigma-max", type=float, help="default: largest pairwise distance (NCSNv2)")
     p.add_argument("--sigma-min", type=float, default=0.01)
     p.add_argument("--num-sigmas", type=int, help="default: NCSNv2 technique 2 for the sample dimension")
@@ -91,6 +92,7 @@ def _train_config(a: argparse.Namespace):
         warmup=a.warmup,
         amp=a.amp,
         sigma_dist=a.sigma_dist,
+        weighting=a.weighting,
         sigma_min=a.sigma_min,
         sigma_max=a.sigma_max,
         num_sigmas=a.num_sigmas,

@@ -10,6 +10,7 @@ from typing import Any
 OBJECTIVES = ("dsm", "ssm", "ssm-vr", "ssm-fd")
 SIGMA_DISTS = ("loguniform", "geometric", "lognormal")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
+WEIGHTINGS = ("sigma2", "edm")
 
 
 @dataclass
@@ -36,6 +37,7 @@ class TrainConfig:
     num_sigmas: int | None = None  # None: NCSNv2 technique 2 for the sample dimension
     p_mean: float = -1.2  # lognormal sigma distribution (EDM)
     p_std: float = 1.2
+    weighting: str = "sigma2"  # lambda(sigma): sigma2 (NCSN) | edm (unit weight on the network's output)
     patch_size: int = 32  # 3D only
     coords: bool = True  # 3D only: coordinate channels
     spacing: float | None = None  # 3D only: resample volumes to this isotropic spacing (mm)
@@ -62,6 +64,8 @@ class TrainConfig:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.sigma_dist not in SIGMA_DISTS:
             raise ValueError(f"sigma_dist must be one of {SIGMA_DISTS}, got {self.sigma_dist!r}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         if self.steps is None and self.minutes is None:

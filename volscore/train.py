@@ -108,8 +108,15 @@ def training_loss(
     coords: Tensor | None,
     sigma: Tensor,
     generator: torch.Generator,
+    weighting: str = "sigma2",
+    sigma_data: float = 0.5,
 ) -> Tensor:
-    """Per-sample loss weighted by lambda(sigma) = sigma^2, so every noise level is O(1) (NCSN)."""
+    """Per-sample loss |s - target|^2 weighted by lambda(sigma).
+
+    "sigma2": lambda = sigma^2, every noise level an O(1) noise-prediction error (NCSN).
+    "edm": lambda = sigma^2 (sigma^2 + sd^2) / sd^2, which is EDM's (sigma^2 + sd^2) / (sigma sd)^2 on
+    |D - x|^2 = sigma^4 |s - target|^2: unit weight on the preconditioned network's own output F.
+    """
 
     def score_fn(y: Tensor, s: Tensor) -> Tensor:
         c = coords
@@ -117,8 +124,9 @@ def training_loss(
             c = c.repeat(y.shape[0] // c.shape[0], *([1] * (c.ndim - 1)))
         return model(y, s, c)
 
+    weight = sigma**2 if weighting == "sigma2" else sigma**2 * (sigma**2 + sigma_data**2) / sigma_data**2
     if objective == "dsm":
-        return dsm_loss(score_fn, x, sigma, weighting="sigma2", generator=generator)
+        return dsm_loss(score_fn, x, sigma, generator=generator) * weight
     # SSM learns the score of the noisy data p_sigma directly from noisy samples.
     eps = randn(x.shape, generator, x.device, x.dtype)
     x_noisy = x + append_dims(sigma, x.ndim) * eps
@@ -131,7 +139,7 @@ def training_loss(
         method=method,
         generator=generator,
     )
-    return loss * sigma**2
+    return loss * weight
 
 
 def _estimate_sigmas(cfg: TrainConfig, source: Any) -> None:
@@ -309,7 +317,9 @@ class Trainer:
             coords = None if coords is None else coords.to(self.device)
             sigma = sample_sigmas(cfg, x.shape[0], gen, self.device)
             with self._autocast():
-                per_sample = training_loss(self.net, cfg.objective, x, coords, sigma, gen)
+                per_sample = training_loss(
+                    self.net, cfg.objective, x, coords, sigma, gen, cfg.weighting, cfg.sigma_data
+                )
             loss = per_sample.float().mean() / len(self.shards)
             losses.append(loss)
             sigmas.append(float(sigma.mean()))
