@@ -98,3 +98,29 @@ def test_ncsnv2_step_lr_reproduces_the_published_cifar10_value():
     assert abs(ncsnv2_step_lr(0.01, gamma, 5) / 6.2e-6 - 1) < 0.02
     # More steps per level allow a smaller step.
     assert ncsnv2_step_lr(0.01, gamma, 20) < ncsnv2_step_lr(0.01, gamma, 5)
+
+
+def test_karras_sigmas_endpoints_monotone_and_rho_limits():
+    from volscore.noise import karras_sigmas
+
+    s = karras_sigmas(18, 0.002, 80.0)
+    assert s.shape == (18,) and s.dtype == torch.float32
+    assert float(s[0]) == pytest.approx(80.0) and float(s[-1]) == pytest.approx(0.002)
+    assert torch.all(s[1:] < s[:-1])
+    # EDM's schedule: (80^(1/7) + i/17 (0.002^(1/7) - 80^(1/7)))^7 at i = 9
+    assert float(s[9]) == pytest.approx(
+        (80 ** (1 / 7) + 9 / 17 * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7, rel=1e-5
+    )
+    # rho = 1: uniform in sigma; a large rho approaches the geometric schedule
+    torch.testing.assert_close(karras_sigmas(5, 1.0, 5.0, rho=1.0), torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0]))
+    torch.testing.assert_close(
+        karras_sigmas(6, 0.01, 10.0, rho=1e4), geometric_sigmas(10.0, 0.01, 6), rtol=2e-3, atol=0
+    )
+    # rho = 7 lies between uniform (rho = 1) and geometric (rho -> infinity) at every inner level
+    mid = karras_sigmas(10, 0.01, 10.0)[1:-1]
+    assert torch.all(mid < karras_sigmas(10, 0.01, 10.0, rho=1.0)[1:-1])
+    assert torch.all(mid > geometric_sigmas(10.0, 0.01, 10)[1:-1])
+    with pytest.raises(ValueError):
+        karras_sigmas(1, 0.01, 1.0)
+    with pytest.raises(ValueError):
+        karras_sigmas(5, 1.0, 0.5)

@@ -29,7 +29,8 @@ def randn_like(x: Tensor, generator: Generators = None) -> Tensor:
     return torch.stack([randn(x.shape[1:], g, x.device, x.dtype) for g in generator])
 
 
-def _batch_sigma(sigma: Tensor | float, x: Tensor) -> Tensor:
+def batch_sigma(sigma: Tensor | float, x: Tensor) -> Tensor:
+    """sigma as a float32 (B,) tensor for a batch x."""
     return torch.full((x.shape[0],), float(sigma), device=x.device, dtype=torch.float32)
 
 
@@ -69,14 +70,14 @@ def annealed_langevin(
     """
     sigma_last = float(sigmas[-1])
     for i, sigma in enumerate(sigmas.tolist()):
-        sigma_b = _batch_sigma(sigma, x)
+        sigma_b = batch_sigma(sigma, x)
         alpha = step_lr * (sigma / sigma_last) ** 2
         for _ in range(n_steps_each):
             x = x + alpha * score_fn(x, sigma_b) + (2 * alpha) ** 0.5 * randn_like(x, generator)
         if callback is not None:
             callback({"level": i, "sigma": sigma, "x": x})
     if denoise:
-        x = x + sigma_last**2 * score_fn(x, _batch_sigma(sigma_last, x))
+        x = x + sigma_last**2 * score_fn(x, batch_sigma(sigma_last, x))
     return x
 
 
@@ -101,7 +102,7 @@ def predictor_corrector(
     """
     levels = sigmas.tolist()
     for i, sigma in enumerate(levels):
-        sigma_b = _batch_sigma(sigma, x)
+        sigma_b = batch_sigma(sigma, x)
         for _ in range(n_steps_each):
             s = score_fn(x, sigma_b)
             z = randn_like(x, generator)
