@@ -135,7 +135,7 @@ def test_stitched_pointwise_score_gives_the_plain_path():
     x = 3.0 * torch.randn(1, 1, 9, 10, 11, generator=torch.Generator().manual_seed(7))
     sigmas = karras_sigmas(6, 0.01, 3.0)
     stitched = StitchedScore(
-        pointwise, 4, mode="shift", coords=False, generator=torch.Generator().manual_seed(8)
+        pointwise, 4, stitch="shift", coords=False, generator=torch.Generator().manual_seed(8)
     )
     plain = heun_sampler(lambda y, s: pointwise(y, s), x, sigmas)
     torch.testing.assert_close(heun_sampler(stitched, x, sigmas), plain)

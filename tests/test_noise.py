@@ -14,8 +14,7 @@ from volscore.noise import (
     geometric_sigmas,
     ncsnv2_gamma,
     ncsnv2_num_sigmas,
-    sample_sigmas_discrete,
-    sample_sigmas_lognormal,
+    sample_training_sigmas,
     sigma_max_from_data,
 )
 
@@ -81,13 +80,19 @@ def test_sigma_max_from_data_is_the_largest_pairwise_distance():
 def test_sigma_sampling():
     g = torch.Generator().manual_seed(0)
     sigmas = geometric_sigmas(1.0, 0.01, 5)
-    draws = sample_sigmas_discrete(2000, sigmas, g)
-    assert set(draws.tolist()) <= set(sigmas.tolist()) and len(set(draws.tolist())) == 5
-    ln = torch.log(sample_sigmas_lognormal(20000, -1.2, 1.2, g))
+    draws = sample_training_sigmas("geometric", 2000, g, 0.01, 1.0, num_sigmas=5)
+    assert torch.allclose(torch.tensor(sorted(set(draws.tolist()))), sigmas.flip(0))
+    ln = torch.log(sample_training_sigmas("lognormal", 20000, g, 1e-9, 1e9, p_mean=-1.2, p_std=1.2))
     # Monte Carlo: the mean of 20,000 normals has standard error 1.2 / sqrt(20000) = 0.0085.
     assert abs(float(ln.mean()) + 1.2) < 4 * 1.2 / math.sqrt(20000)
-    clamped = sample_sigmas_lognormal(1000, 0.0, 3.0, g, sigma_min=0.1, sigma_max=2.0)
+    clamped = sample_training_sigmas("lognormal", 1000, g, 0.1, 2.0, p_mean=0.0, p_std=3.0)
     assert float(clamped.min()) >= 0.1 and float(clamped.max()) <= 2.0
+    # log-uniform: ln sigma uniform on [ln 0.01, ln 1], mean -2.303, sd 1.329 / sqrt(20000) per mean
+    lu = torch.log(sample_training_sigmas("loguniform", 20000, g, 0.01, 1.0))
+    assert float(lu.min()) >= math.log(0.01) - 1e-6 and float(lu.max()) <= 1e-6
+    assert abs(float(lu.mean()) - math.log(0.1)) < 4 * (2 * math.log(10) / math.sqrt(12)) / math.sqrt(20000)
+    with pytest.raises(ValueError):
+        sample_training_sigmas("uniform", 3, g, 0.01, 1.0)
 
 
 def test_ncsnv2_step_lr_reproduces_the_published_cifar10_value():

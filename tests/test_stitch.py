@@ -10,13 +10,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from volscore.metrics.seams import seam_score
 from volscore.noise import append_dims
 from volscore.sampling.stitch import (
     StitchedScore,
-    _axis_segments,
     _tile_coords,
+    axis_segments,
     blend_score,
-    seam_score,
     stitch_score,
 )
 
@@ -55,7 +55,7 @@ def test_pointwise_score_matches_whole_volume(mode, shape, patch, channels):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, channels, *shape, generator=g)
     score_fn = StitchedScore(
-        pointwise, patch, mode=mode, tile_batch=4, generator=torch.Generator().manual_seed(1)
+        pointwise, patch, stitch=mode, tile_batch=4, generator=torch.Generator().manual_seed(1)
     )
     expected = direct(x, SIGMAS)
     for _ in range(3 if mode == "shift" else 1):  # each shift call uses a new offset
@@ -76,14 +76,14 @@ def test_no_coords_and_scalar_sigma(mode):
         return pointwise(x, sigma, None)
 
     x = torch.randn(1, 1, 9, 10, 11, generator=torch.Generator().manual_seed(0))
-    out = StitchedScore(fn, 4, mode=mode, coords=False)(x, 0.5)
+    out = StitchedScore(fn, 4, stitch=mode, coords=False)(x, 0.5)
     torch.testing.assert_close(out, -x / 1.25)
 
 
 def test_two_dimensional_images():
     x = torch.randn(2, 1, 19, 13, generator=torch.Generator().manual_seed(0))
     for mode in ("shift", "blend"):
-        out = StitchedScore(pointwise, 8, mode=mode)(x, SIGMAS)
+        out = StitchedScore(pointwise, 8, stitch=mode)(x, SIGMAS)
         torch.testing.assert_close(out, direct(x, SIGMAS), atol=1e-6, rtol=1e-5)
 
 
@@ -103,7 +103,7 @@ def test_shift_offsets_move_and_are_reproducible():
     assert first != offsets(4)
     assert len(set(first)) > 1
     assert all(0 <= o < 8 for offset in first for o in offset)
-    fixed = StitchedScore(pointwise, 8, mode="fixed")
+    fixed = StitchedScore(pointwise, 8, stitch="fixed")
     fixed(x, 1.0)
     assert fixed.offset == (0, 0, 0)
 
@@ -144,7 +144,7 @@ def test_tile_batch_bounds_tiles_per_call(mode):
         return pointwise(x, sigma, coords)
 
     x = torch.randn(2, 1, 20, 23, 17, generator=torch.Generator().manual_seed(0))
-    StitchedScore(recording, 8, mode=mode, tile_batch=3)(x, SIGMAS)
+    StitchedScore(recording, 8, stitch=mode, tile_batch=3)(x, SIGMAS)
     assert sizes and max(sizes) <= 3
 
 
@@ -199,14 +199,14 @@ def test_gradients_flow_only_when_caller_allows():
 def test_axis_segments_tile_each_axis():
     for n in range(8, 50):
         for offset in range(8):
-            segments = _axis_segments(n, 8, offset)
+            segments = axis_segments(n, 8, offset)
             starts = [a for a, _ in segments]
             assert starts[0] == 0 and sum(s for _, s in segments) == n
             assert [a + s for a, s in segments[:-1]] == starts[1:]  # contiguous, no overlap
             assert all(s >= 8 for _, s in segments)
             assert n < 24 or all(s < 16 for _, s in segments)
             assert all((a - offset) % 8 == 0 for a in starts[1:])  # cuts lie on the shifted grid
-    assert [s for _, s in _axis_segments(256, 32, 5)] == [37, 32, 32, 32, 32, 32, 59]
+    assert [s for _, s in axis_segments(256, 32, 5)] == [37, 32, 32, 32, 32, 32, 59]
 
 
 def test_tile_coords_extrapolate_past_the_volume():
@@ -249,7 +249,7 @@ def test_shift_moves_the_seams_of_a_boundary_sensitive_model():
     # fixed tiling puts the blur's edge error on one grid at every call; random shifts spread it, so the
     # average over calls (what a Langevin chain accumulates) has no seams on that grid
     x = smooth_field((32, 32, 32))[None, None]
-    fixed = StitchedScore(box_blur, 8, mode="fixed")(x, 1.0)[0, 0]
+    fixed = StitchedScore(box_blur, 8, stitch="fixed")(x, 1.0)[0, 0]
     shift_fn = StitchedScore(box_blur, 8, generator=torch.Generator().manual_seed(0))
     shifted = torch.stack([shift_fn(x, 1.0)[0, 0] for _ in range(8)]).mean(0)
     assert seam_score(fixed, 8) > 1.3
@@ -259,8 +259,8 @@ def test_shift_moves_the_seams_of_a_boundary_sensitive_model():
 
 
 def test_invalid_arguments():
-    with pytest.raises(ValueError, match="mode"):
-        StitchedScore(pointwise, 8, mode="sliding")
+    with pytest.raises(ValueError, match="stitch must be one of"):
+        StitchedScore(pointwise, 8, stitch="sliding")
     with pytest.raises(ValueError, match="patch_size"):
         StitchedScore(pointwise, (8, 8))(torch.zeros(1, 1, 8, 8, 8), 1.0)
     with pytest.raises(ValueError, match="patch_fn returned"):

@@ -1,55 +1,115 @@
-"""Training configuration: typed, validated data, saved with every run (no torch import here, so the
-CLI's ``--help`` stays instant)."""
+"""Training configuration: typed, validated data, saved with every run. Each field is declared once, here:
+``volscore train``'s flags are generated from these fields (``volscore.arguments``). No torch import here,
+so the CLI's ``--help`` stays instant."""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Any
 
 OBJECTIVES = ("dsm", "ssm", "ssm-vr", "ssm-fd")
 SIGMA_DISTS = ("loguniform", "geometric", "lognormal")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 WEIGHTINGS = ("sigma2", "edm")
+PRECONDITIONERS = ("edm", "ncsnv2")  # volscore.nets.precond.Preconditioner kinds
+PRESET_NAMES = ("tiny", "small", "base")  # volscore.nets.presets.PRESETS (a test checks they agree)
+LR_SCHEDULES = ("constant", "cosine")
+
+# The fields a resumed run may change: the budget and how it runs, never the model, data or objective.
+RUNTIME_FIELDS = (
+    "steps",
+    "minutes",
+    "device",
+    "compile",
+    "channels_last",
+    "threads",
+    "ckpt_every",
+    "log_every",
+)
+
+
+def _opt(help: str, **meta: Any) -> dict[str, Any]:
+    return {"help": help, **meta}
 
 
 @dataclass
 class TrainConfig:
-    """Everything a run needs; saved as ``config.json`` and in the checkpoint."""
+    """Everything a run needs; saved as ``config.json`` and in the checkpoint. Fields with help text are
+    ``volscore train`` flags."""
 
-    data: list[str]  # "mnist", "mnist:DIR", "mni152", NIfTI files, folders or globs
-    out: str  # run directory
-    objective: str = "dsm"  # dsm | ssm | ssm-vr | ssm-fd
-    preset: str = "small"  # ScoreUNet preset (volscore.nets.presets)
-    precond: str = "edm"  # edm | ncsnv2
-    sigma_data: float = 0.5
-    steps: int | None = None  # stop after this many steps in total ...
-    minutes: float | None = None  # ... or after this much wall-clock in this invocation
-    batch_size: int = 64
-    lr: float = 2e-4
-    warmup: int = 200  # linear learning-rate warm-up steps
+    data: list[str] = field(
+        metadata=_opt("mnist | mnist:IDX_DIR | mni152 | shapes:KIND[@SIZE] | NIfTI files, a folder or a glob")
+    )
+    out: str = field(metadata=_opt("run directory (config, checkpoint, metrics, plots)"))
+    objective: str = field(default="dsm", metadata=_opt("score-matching objective", choices=OBJECTIVES))
+    preset: str = field(
+        default="small", metadata=_opt("network size (volscore.nets.presets)", choices=PRESET_NAMES)
+    )
+    precond: str = field(default="edm", metadata=_opt("network preconditioning", choices=PRECONDITIONERS))
+    sigma_data: float = 0.5  # EDM's data standard deviation in the preconditioner
+    steps: int | None = field(default=None, metadata=_opt("total training steps"))
+    minutes: float | None = field(default=None, metadata=_opt("wall-clock budget of this invocation"))
+    batch_size: int | None = field(
+        default=None, metadata=_opt("batch size (default: 64 for 2D images, 4 for 3D)")
+    )
+    lr: float = field(default=2e-4, metadata=_opt("Adam learning rate"))
+    lr_schedule: str = field(
+        default="constant",
+        metadata=_opt("after warm-up: constant, or cosine decay to 0 at --steps", choices=LR_SCHEDULES),
+    )
+    warmup: int = field(default=200, metadata=_opt("linear learning-rate warm-up steps"))
     grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    amp: str = "auto"  # auto | bf16 | fp16 | off
-    sigma_dist: str = "loguniform"  # loguniform | geometric | lognormal
-    sigma_min: float = 0.01
-    sigma_max: float | None = None  # None: NCSNv2 technique 1 (largest pairwise distance)
-    num_sigmas: int | None = None  # None: NCSNv2 technique 2 for the sample dimension
-    p_mean: float = -1.2  # lognormal sigma distribution (EDM)
-    p_std: float = 1.2
-    weighting: str = "sigma2"  # lambda(sigma): sigma2 (NCSN) | edm (unit weight on the network's output)
-    patch_size: int = 32  # 3D only
-    coords: bool = True  # 3D only: coordinate channels
-    spacing: float | None = None  # 3D only: resample volumes to this isotropic spacing (mm)
-    full_volume: bool = False  # 3D mni152 only: also train on the hold-out region
-    seed: int = 0
-    data_shards: int = 1  # shards drawn in turn by one process (= a data_shards-process DDP run)
+    ema_decay: float = field(default=0.999, metadata=_opt("EMA decay (with the usual warm-up)"))
+    amp: str = field(
+        default="auto",
+        metadata=_opt("mixed precision (auto: bf16 on CPU and capable GPUs)", choices=AMP_MODES),
+    )
+    sigma_dist: str = field(
+        default="loguniform", metadata=_opt("training sigma distribution", choices=SIGMA_DISTS)
+    )
+    weighting: str = field(
+        default="sigma2",
+        metadata=_opt(
+            "loss weight lambda(sigma): sigma2 (NCSN) or edm (unit weight on the network output)",
+            choices=WEIGHTINGS,
+        ),
+    )
+    sigma_min: float = field(default=0.01, metadata=_opt("smallest training sigma"))
+    sigma_max: float | None = field(
+        default=None, metadata=_opt("largest training sigma (default: largest pairwise distance, NCSNv2)")
+    )
+    num_sigmas: int | None = field(
+        default=None, metadata=_opt("sampling levels (default: NCSNv2 technique 2 for the sample dimension)")
+    )
+    p_mean: float = field(default=-1.2, metadata=_opt("lognormal: mean of ln sigma (EDM)"))
+    p_std: float = field(default=1.2, metadata=_opt("lognormal: standard deviation of ln sigma (EDM)"))
+    patch_size: int = field(default=32, metadata=_opt("3D patch edge"))
+    coords: bool = field(
+        default=True, metadata=_opt("3D: coordinate channels (position in the whole volume)")
+    )
+    spacing: float | None = field(
+        default=None, metadata=_opt("3D: resample volumes to this isotropic spacing (mm)")
+    )
+    full_volume: bool = field(default=False, metadata=_opt("mni152: also train on the y >= 120 hold-out"))
+    seed: int = field(default=0, metadata=_opt("seed of weights, batches and noise"))
+    data_shards: int = field(
+        default=1,
+        metadata=_opt("batches per step drawn in turn (one process reproducing an N-process torchrun run)"),
+    )
     log_every: int = 25
-    ckpt_every: int = 500
+    ckpt_every: int = field(default=500, metadata=_opt("checkpoint every this many steps"))
     max_skipped: int = 50  # non-finite losses tolerated before stopping
-    device: str = "auto"
-    compile: bool = False  # torch.compile the model (DSM and FD-SSM only: no double backward)
-    channels_last: bool = False  # channels-last(-3d) memory format for weights and activations
+    device: str = field(default="auto", metadata=_opt("cpu, cuda, cuda:N or auto"))
+    threads: int | None = field(
+        default=None, metadata=_opt("torch CPU threads (default: the cores this process may use)")
+    )
+    compile: bool = field(default=False, metadata=_opt("torch.compile the model (not for ssm, ssm-vr)"))
+    channels_last: bool = field(default=False, metadata=_opt("channels-last(-3d) memory format"))
+    init: str | None = field(
+        default=None, metadata=_opt("start from these weights: a run folder or pretrained:NAME (fine-tuning)")
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -59,23 +119,71 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
+    def model_changes(self, other: TrainConfig) -> list[str]:
+        """The non-runtime fields in which ``other`` differs: what a resume may not change."""
+        skip = set(RUNTIME_FIELDS) | {"out"}
+        return [
+            f"{f.name}: {getattr(self, f.name)!r} -> {getattr(other, f.name)!r}"
+            for f in dataclasses.fields(self)
+            if f.name not in skip and getattr(self, f.name) != getattr(other, f.name)
+        ]
+
     def validate(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
-        if self.sigma_dist not in SIGMA_DISTS:
-            raise ValueError(f"sigma_dist must be one of {SIGMA_DISTS}, got {self.sigma_dist!r}")
-        if self.weighting not in WEIGHTINGS:
-            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
-        if self.amp not in AMP_MODES:
-            raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        """Refuse what cannot run, naming the option: choices, budgets, finite positive numbers."""
+        for name, allowed in (
+            ("objective", OBJECTIVES),
+            ("sigma_dist", SIGMA_DISTS),
+            ("amp", AMP_MODES),
+            ("weighting", WEIGHTINGS),
+            ("precond", PRECONDITIONERS),
+            ("lr_schedule", LR_SCHEDULES),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.steps is None and self.minutes is None:
             raise ValueError("give --steps or --minutes (or both)")
+        if self.lr_schedule == "cosine" and self.steps is None:
+            raise ValueError("--lr-schedule cosine decays to 0 at --steps: give --steps")
+        positive = {
+            "lr": self.lr,
+            "sigma_min": self.sigma_min,
+            "sigma_data": self.sigma_data,
+            "p_std": self.p_std,
+            "grad_clip": self.grad_clip,
+            "minutes": self.minutes,
+            "sigma_max": self.sigma_max,
+        }
+        for name, value in positive.items():
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number > 0, got {value}")
+        at_least_one = {
+            "steps": self.steps,
+            "batch_size": self.batch_size,
+            "data_shards": self.data_shards,
+            "patch_size": self.patch_size,
+            "ckpt_every": self.ckpt_every,
+            "log_every": self.log_every,
+            "threads": self.threads,
+        }
+        for name, value in at_least_one.items():
+            if value is not None and value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if self.warmup < 0:
+            raise ValueError(f"--warmup must be >= 0, got {self.warmup}")
+        if not (math.isfinite(self.p_mean) and 0 <= self.ema_decay < 1):
+            raise ValueError(
+                f"need a finite --p-mean and 0 <= --ema-decay < 1, got {self.p_mean}, {self.ema_decay}"
+            )
+        if self.sigma_max is not None and self.sigma_max <= self.sigma_min:
+            raise ValueError(
+                f"--sigma-max ({self.sigma_max}) must be larger than --sigma-min ({self.sigma_min})"
+            )
+        if self.num_sigmas is not None and self.num_sigmas < 2:
+            raise ValueError(f"--num-sigmas must be >= 2, got {self.num_sigmas}")
+        if self.spacing is not None and not (math.isfinite(self.spacing) and self.spacing > 0):
+            raise ValueError(f"--spacing must be a finite number of mm > 0, got {self.spacing}")
         if self.compile and self.objective in ("ssm", "ssm-vr"):
             raise ValueError(
                 f"--compile cannot train {self.objective}: torch.compile does not support its double "
                 "backward; use --objective ssm-fd or dsm, or drop --compile"
             )
-        if self.data_shards < 1:
-            raise ValueError(f"data_shards must be >= 1, got {self.data_shards}")
-        if self.batch_size < 1 or self.lr <= 0:
-            raise ValueError("batch_size must be >= 1 and lr > 0")

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from volscore.config import SIGMA_DISTS
+
 
 def append_dims(x: Tensor, target_ndim: int) -> Tensor:
     """Append trailing singleton dims so a per-sample tensor of shape (B,) broadcasts against (B, ...).
@@ -126,27 +128,36 @@ def ncsnv2_num_sigmas(d: int, sigma_max: float, sigma_min: float, target: float 
     return int(math.ceil(math.log(sigma_max / sigma_min) / math.log(gamma))) + 1
 
 
-def sample_sigmas_discrete(batch: int, sigmas: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Draw per-sample sigmas uniformly from a discrete schedule (NCSN training)."""
-    idx = torch.randint(len(sigmas), (batch,), generator=generator, device=sigmas.device)
-    return sigmas[idx]
-
-
-def sample_sigmas_lognormal(
+def sample_training_sigmas(
+    dist: str,
     batch: int,
-    p_mean: float,
-    p_std: float,
-    generator: torch.Generator | None = None,
-    sigma_min: float | None = None,
-    sigma_max: float | None = None,
-    device: torch.device | str | None = None,
+    generator: torch.Generator | None,
+    sigma_min: float,
+    sigma_max: float,
+    num_sigmas: int | None = None,
+    p_mean: float = -1.2,
+    p_std: float = 1.2,
 ) -> Tensor:
-    """Draw per-sample sigmas with ln sigma ~ N(p_mean, p_std^2) (EDM training), optionally clamped."""
-    z = torch.randn(batch, generator=generator, device=device)
-    sigma = torch.exp(p_mean + p_std * z)
-    if sigma_min is not None or sigma_max is not None:
-        sigma = sigma.clamp(min=sigma_min, max=sigma_max)
-    return sigma
+    """Per-sample training sigmas (B,), float32 on the CPU (the generator's stream; move them after).
+
+    - "loguniform": ln sigma uniform on [ln sigma_min, ln sigma_max], the geometric schedule made
+      continuous, so any number of sampling levels is in distribution.
+    - "geometric": one of the ``num_sigmas`` geometric levels, uniformly (NCSN's discrete training).
+    - "lognormal": ln sigma ~ N(p_mean, p_std^2) clamped to [sigma_min, sigma_max] (EDM).
+    """
+    lo, hi = math.log(sigma_min), math.log(sigma_max)
+    if dist == "lognormal":
+        z = torch.randn(batch, generator=generator)
+        return torch.exp(p_mean + p_std * z).clamp(sigma_min, sigma_max)
+    if dist == "geometric":
+        if num_sigmas is None or num_sigmas < 2:
+            raise ValueError(f"geometric sigmas need num_sigmas >= 2, got {num_sigmas}")
+        idx = torch.randint(num_sigmas, (batch,), generator=generator)
+        return torch.exp(lo + (hi - lo) * (1 - idx / (num_sigmas - 1))).float()
+    if dist == "loguniform":
+        u = torch.rand(batch, generator=generator)
+        return torch.exp(lo + (hi - lo) * u)
+    raise ValueError(f"sigma distribution must be one of {SIGMA_DISTS}, got {dist!r}")
 
 
 def ncsnv2_step_lr(sigma_min: float, gamma: float, n_steps_each: int) -> float:

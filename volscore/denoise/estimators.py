@@ -43,7 +43,7 @@ def tweedie_denoise(
 
     x = _as_batch(noisy)
     score_fn = StitchedScore(
-        model, _patch(patch_size), mode=stitch, tile_batch=tile_batch, coords=coords, generator=generator
+        model, _patch(patch_size), stitch=stitch, tile_batch=tile_batch, coords=coords, generator=generator
     )
     s = score_fn(x, float(sigma if score_sigma is None else score_sigma))
     return (x + float(sigma) ** 2 * s)[0, 0]
@@ -105,7 +105,7 @@ def annealed_denoise(
     lr = 0.05 * sigma_last**2 if step_lr is None else float(step_lr)
     each = (1 if sampler == "annealed" else 0) if n_steps_each is None else int(n_steps_each)
     score_fn = StitchedScore(
-        model, _patch(patch_size), mode=stitch, tile_batch=tile_batch, coords=coords, generator=generator
+        model, _patch(patch_size), stitch=stitch, tile_batch=tile_batch, coords=coords, generator=generator
     )
     y = _as_batch(noisy)
     total = torch.zeros_like(y[0, 0])

@@ -2,7 +2,8 @@
 
 One module each: ``classifier`` (the small 2D/3D classifiers whose features and softmax score
 samples), ``mnist`` (Frechet distance, confidence, memorisation for the 2D baseline), ``volumes``
-(PSNR and SSIM via MONAI), ``shapes`` (IoU-distance set metrics, connectivity, class histogram).
+(PSNR and SSIM via MONAI), ``shapes`` (IoU-distance set metrics, connectivity, class histogram),
+``seams`` (visibility of tile boundaries in stitched volumes).
 """
 
 from volscore.metrics.classifier import (
@@ -21,6 +22,7 @@ from volscore.metrics.shapes import (
     mmd,
     one_nna,
 )
+from volscore.metrics.seams import seam_score
 from volscore.metrics.volumes import psnr, ssim
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "one_nna",
     "psnr",
     "random_shift",
+    "seam_score",
     "ssim",
     "train_classifier",
 ]

@@ -13,9 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from volscore.config import PRECONDITIONERS
 from volscore.noise import append_dims, as_sigma_batch
-
-KINDS = ("edm", "ncsnv2")
 
 
 class Preconditioner(nn.Module):
@@ -23,8 +22,8 @@ class Preconditioner(nn.Module):
 
     def __init__(self, net: nn.Module, sigma_data: float = 0.5, kind: str = "edm") -> None:
         super().__init__()
-        if kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        if kind not in PRECONDITIONERS:
+            raise ValueError(f"kind must be one of {PRECONDITIONERS}, got {kind!r}")
         if not sigma_data > 0:
             raise ValueError(f"sigma_data must be > 0, got {sigma_data}")
         self.net = net

@@ -68,8 +68,8 @@ def edm_sampler(
     generator: Generators = None,
     callback: Callback | None = None,
 ) -> Tensor:
-    """EDM Algorithm 2: before each Heun step, add noise that raises sigma_i to sigma_hat = (1 + gamma) sigma_i
-    with gamma = min(S_churn / N, sqrt(2) - 1) for sigma_i in [S_tmin, S_tmax] (else 0).
+    """EDM Algorithm 2: before each Heun step, add noise that raises sigma_i to (1 + gamma) sigma_i, with
+    gamma = min(S_churn / N, sqrt(2) - 1) for sigma_i in [S_tmin, S_tmax] (else 0).
 
     The churn is Langevin-like: it lets the chain correct errors of earlier steps instead of carrying them,
     which EDM found to help on harder data. S_churn = 0 is ``heun_sampler``. Defaults: EDM's ImageNet-64

@@ -15,13 +15,9 @@ The scores are stitched first; the sampler then takes one global Langevin step w
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import functools
 import itertools
 import math
-import os
-import sys
 from collections.abc import Callable, Sequence
 
 import torch
@@ -29,14 +25,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from volscore.data.patches import coordinate_patch
+from volscore.machine import HEAP_SLACK, malloc_trim, rss_bytes
 from volscore.noise import as_sigma_batch
+from volscore.sampling.settings import STITCH_MODES
 
 # patch_fn(x (N, C, *p), sigma (N,), coords (N, d, *p) | None) -> score (N, C, *p)
 PatchFn = Callable[[Tensor, Tensor, Tensor | None], Tensor]
-MODES = ("shift", "blend", "fixed")
 
 
-def _as_tuple(value: int | Sequence[int], ndim: int, name: str) -> tuple[int, ...]:
+def as_tuple(value: int | Sequence[int], ndim: int, name: str) -> tuple[int, ...]:
     out = (int(value),) * ndim if isinstance(value, int) else tuple(int(v) for v in value)
     if len(out) != ndim:
         raise ValueError(f"{name} must be an int or have {ndim} entries, got {value}")
@@ -50,7 +47,7 @@ def _tile_coords(
     return coordinate_patch(shape, start, size).to(dtype=dtype, device=device)
 
 
-def _axis_segments(n: int, p: int, offset: int) -> list[tuple[int, int]]:
+def axis_segments(n: int, p: int, offset: int) -> list[tuple[int, int]]:
     """(start, size) of the tiles along one axis of length n >= p, for a grid cut at offset + k p.
 
     The partial pieces at both ends are merged into their neighbours, so the tiles cover exactly n voxels and
@@ -112,11 +109,11 @@ def stitch_score(
     Axes shorter than the patch are padded (replicate) and cropped back.
     """
     b, c, *shape = x.shape
-    patch = _as_tuple(patch_size, len(shape), "patch_size")
-    off = _as_tuple(offset, len(shape), "offset")
+    patch = as_tuple(patch_size, len(shape), "patch_size")
+    off = as_tuple(offset, len(shape), "offset")
     sigma = as_sigma_batch(sigma, b, x.device)
     xp, lo = _pad_to_patch(x, patch)
-    segments = [_axis_segments(n, p, o) for n, p, o in zip(xp.shape[2:], patch, off, strict=True)]
+    segments = [axis_segments(n, p, o) for n, p, o in zip(xp.shape[2:], patch, off, strict=True)]
 
     classes: dict[tuple[int, ...], list[tuple[int, tuple[int, ...]]]] = {}  # tile size -> [(item, start)]
     for item in range(b):
@@ -124,52 +121,17 @@ def stitch_score(
             classes.setdefault(tuple(s for _, s in tile), []).append((item, tuple(a for a, _ in tile)))
 
     out = torch.empty_like(xp)
-    trim = _malloc_trim() if x.device.type == "cpu" else None
-    start = _rss_bytes() if trim is not None else None
+    trim = malloc_trim() if x.device.type == "cpu" else None
+    start = rss_bytes() if trim is not None else None
     for size, tiles in classes.items():
         bounds = _batch_bounds(len(tiles), size, patch, tile_batch)
         for i, j in zip(bounds[:-1], bounds[1:], strict=True):
             _score_tiles(patch_fn, xp, sigma, tiles[i:j], size, shape, lo, coords, tile_batch, out)
-            if trim is not None and start is not None and (_rss_bytes() or 0) - start > HEAP_SLACK:
+            if trim is not None and start is not None and (rss_bytes() or 0) - start > HEAP_SLACK:
                 trim(0)
     if trim is not None:
         trim(0)
     return _crop(out, lo, shape)
-
-
-HEAP_SLACK = 512 * 2**20  # freed heap memory a stitched score may keep before handing it back (bytes)
-
-
-def _rss_bytes() -> int | None:
-    """Resident set size of this process from /proc (Linux), or None."""
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-@functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's ``malloc_trim``, or None where there is none (macOS, Windows, musl).
-
-    The moving grid gives tile batches of ever new shapes (about 111 distinct ones in 3 steps at 256^3);
-    glibc keeps each batch's freed activations in its heap, so RSS grew 1.5 -> 1.8 -> 2.3 GiB over three
-    Langevin steps. Measured alternatives (bench_volumes3d (b), 256^3): trimming after every tile batch
-    held the chain at 0.85 GiB but cost 37 % more time per step (freed pages are faulted in again);
-    rounding tiles up to a few fixed shapes cost 20-35 % more voxels and still peaked at 1.75 GiB;
-    trimming once per stitched score was free but let one step reach 2.3 GiB. So the heap is trimmed
-    whenever RSS has grown by ``HEAP_SLACK`` within a stitched score, and at its end.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
 
 
 def _batch_bounds(n: int, size: tuple[int, ...], patch: tuple[int, ...], tile_batch: int) -> list[int]:
@@ -239,7 +201,7 @@ def blend_score(
     from monai.inferers import sliding_window_inference  # lazy: importing monai is slow
 
     b, c, *shape = x.shape
-    patch = _as_tuple(patch_size, len(shape), "patch_size")
+    patch = as_tuple(patch_size, len(shape), "patch_size")
     sigma = as_sigma_batch(sigma, b, x.device)
     xp, lo = _pad_to_patch(x, patch)
     grid = None
@@ -265,7 +227,7 @@ class StitchedScore:
         patch_fn: ``patch_fn(x (N, C, *p), sigma (N,), coords (N, d, *p) | None) -> (N, C, *p)``, e.g.
             ``Preconditioner.score``; must accept any tile size (fully convolutional).
         patch_size: the training patch size, an int or one entry per spatial axis.
-        mode: ``"shift"`` (random grid offset per call), ``"blend"`` (Gaussian-weighted overlap) or
+        stitch: ``"shift"`` (random grid offset per call), ``"blend"`` (Gaussian-weighted overlap) or
             ``"fixed"`` (offset 0, the seam baseline).
         tile_batch: at most this many tiles per ``patch_fn`` call (shift/fixed: and this many patches' worth
             of voxels, or two tiles, since the merged end tiles are larger than a patch).
@@ -280,14 +242,14 @@ class StitchedScore:
         self,
         patch_fn: PatchFn,
         patch_size: int | tuple[int, ...],
-        mode: str = "shift",
+        stitch: str = "shift",
         tile_batch: int = 8,
         coords: bool = True,
         overlap: float = 0.5,
         generator: torch.Generator | None = None,
     ) -> None:
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if stitch not in STITCH_MODES:
+            raise ValueError(f"stitch must be one of {STITCH_MODES}, got {stitch!r}")
         if tile_batch < 1:
             raise ValueError(f"tile_batch must be >= 1, got {tile_batch}")
         if not 0 <= overlap < 1:
@@ -297,7 +259,7 @@ class StitchedScore:
             raise ValueError(f"patch_size must be positive, got {patch_size}")
         self.patch_fn = patch_fn
         self.patch_size = patch_size
-        self.mode = mode
+        self.stitch = stitch
         self.tile_batch = tile_batch
         self.coords = coords
         self.overlap = overlap
@@ -305,44 +267,14 @@ class StitchedScore:
         self.offset: tuple[int, ...] | None = None
 
     def __call__(self, x: Tensor, sigma: float | Tensor) -> Tensor:
-        patch = _as_tuple(self.patch_size, x.ndim - 2, "patch_size")
-        if self.mode == "blend":
+        patch = as_tuple(self.patch_size, x.ndim - 2, "patch_size")
+        if self.stitch == "blend":
             return blend_score(self.patch_fn, x, sigma, patch, self.overlap, self.tile_batch, self.coords)
-        self.offset = random_offset(patch, self.generator) if self.mode == "shift" else (0,) * len(patch)
+        self.offset = random_offset(patch, self.generator) if self.stitch == "shift" else (0,) * len(patch)
         return stitch_score(self.patch_fn, x, sigma, patch, self.offset, self.tile_batch, self.coords)
 
     def __repr__(self) -> str:
         return (
-            f"StitchedScore(patch_size={self.patch_size}, mode={self.mode!r}, tile_batch={self.tile_batch}, "
-            f"coords={self.coords}, overlap={self.overlap})"
+            f"StitchedScore(patch_size={self.patch_size}, stitch={self.stitch!r}, "
+            f"tile_batch={self.tile_batch}, coords={self.coords}, overlap={self.overlap})"
         )
-
-
-def seam_score(volume: Tensor, patch_size: int | Sequence[int], offset: int | Sequence[int] = 0) -> float:
-    """Mean |finite difference| across tile boundaries / mean |finite difference| inside tiles.
-
-    The boundaries are those the shift/fixed tiling uses for this offset (grid cuts at offset + k p, partial
-    end pieces merged). About 1 for a volume without seams; above 1 when the tiles left visible edges.
-    """
-    patch = _as_tuple(patch_size, volume.ndim, "patch_size")
-    off = _as_tuple(offset, volume.ndim, "offset")
-    v = volume.detach().double()
-    seam_sum = inner_sum = 0.0
-    seam_n = inner_n = 0
-    for axis, (n, p, o) in enumerate(zip(v.shape, patch, off, strict=True)):
-        if n < 2:
-            continue
-        grad = v.diff(dim=axis).abs().movedim(axis, 0)  # grad[i - 1] = |v_i - v_{i-1}| along this axis
-        is_seam = torch.zeros(n - 1, dtype=torch.bool)
-        if n >= p:
-            for a, _ in _axis_segments(n, p, o)[1:]:
-                is_seam[a - 1] = True
-        seam_sum += float(grad[is_seam].sum())
-        seam_n += grad[is_seam].numel()
-        inner_sum += float(grad[~is_seam].sum())
-        inner_n += grad[~is_seam].numel()
-    if seam_n == 0 or inner_n == 0 or inner_sum == 0:
-        raise ValueError(
-            f"no tile boundary or no variation inside tiles: shape {tuple(v.shape)}, patch {patch}"
-        )
-    return (seam_sum / seam_n) / (inner_sum / inner_n)
