@@ -36,8 +36,6 @@ from volscore.denoise import (
     RECORD_NAME,
     annealed_denoise,
     clamp_background,
-    denoise_file,
-    denoise_folder,
     estimate_sigma,
     estimate_sigma_rician,
     fit_self_supervised,
@@ -47,8 +45,29 @@ from volscore.denoise import (
     self_supervised_levels,
     tweedie_denoise,
 )
+from volscore.denoise import denoise_file as _denoise_file
+from volscore.denoise import denoise_folder as _denoise_folder
 from volscore.densities import Gaussian
 from volscore.nets import build_model, model_args
+from volscore.options import DenoiseOptions
+from volscore.run import Run
+
+def _options(run, fields) -> tuple[DenoiseOptions, Run | None]:
+    """DenoiseOptions from keyword fields; a loaded (e.g. closed-form) ``Run`` is passed through as is."""
+    if isinstance(run, Run):
+        return DenoiseOptions(run=run.name, **fields), run
+    return DenoiseOptions(run=None if run is None else str(run), **fields), None
+
+
+def denoise_file(src, dst, run=None, force=False, fit_dir=None, **fields):
+    options, loaded = _options(run, fields)
+    return _denoise_file(src, dst, options, run=loaded, force=force, fit_dir=fit_dir)
+
+
+def denoise_folder(src_dir, dst_dir, run=None, force=False, **fields):
+    options, _ = _options(run, fields)
+    return _denoise_folder(src_dir, dst_dir, options, force=force)
+
 
 AFFINE = np.array([[-1.5, 0, 0, 90], [0, 1.5, 0, -126], [0, 0, 2.0, -72], [0, 0, 0, 1]])
 PATCH = 16
@@ -86,7 +105,7 @@ def _noisy_head(path, sigma=0.05, n=24, seed=0):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    """A tiny untrained 3D run (coordinate channels) with the keys ``load_run`` and ``denoise_file`` read."""
+    """A tiny untrained 3D run (coordinate channels) with the keys ``Run.load`` and ``denoise_file`` read."""
     torch.manual_seed(0)
     model = build_model("tiny", 3, coord_channels=True)
     out = tmp_path_factory.mktemp("run")
@@ -114,9 +133,10 @@ def run_dir(tmp_path_factory):
 
 
 def closed_form_run(patch_fn, patch_size=PATCH, coords=False):
-    """A (model, state) pair as ``load_run`` returns, for a closed-form patch score function."""
-    net = {"spatial_dims": 3, "coord_channels": coords}
-    return patch_fn, {"model_args": {"net": net}, "config": {"patch_size": patch_size, "sigma_min": 0.01}}
+    """A ``Run`` whose model is a closed-form patch score function."""
+    net = {"spatial_dims": 3, "in_channels": 1, "coord_channels": coords}
+    cfg = TrainConfig(data=["closed form"], out="", patch_size=patch_size, sigma_min=0.01, sigma_max=1.0)
+    return Run("closed form", patch_fn, cfg, {"net": net}, {"kind": "nifti"}, 0)
 
 
 # -- noise level -----------------------------------------------------------------------------------
@@ -495,7 +515,7 @@ FIT = dict(preset="tiny", patch_size=PATCH, steps=2, batch_size=2, amp="off")
 def test_fit_self_supervised_trains_at_small_extra_noise(tmp_path, objective):
     rng = np.random.default_rng(9)
     noisy = (head_phantom(24) + 0.05 * rng.standard_normal((24,) * 3)).astype(np.float32)
-    model = fit_self_supervised(noisy, 0.05, None, objective, out_dir=tmp_path / "ss", seed=0, **FIT)
+    model = fit_self_supervised(noisy, 0.05, None, objective, out_dir=tmp_path / "ss", seed=0, **FIT).model
     state = load_checkpoint(tmp_path / "ss" / CHECKPOINT_NAME)
     t_min, t_max = self_supervised_levels(0.05, objective)
     assert state["step"] == 2 and state["data"]["kind"] == "self-supervised"
@@ -507,7 +527,7 @@ def test_fit_self_supervised_trains_at_small_extra_noise(tmp_path, objective):
 
 def test_denoise_file_self_supervised(tmp_path):
     src = _noisy_head(tmp_path / "scan.nii.gz", sigma=0.05)
-    rec = denoise_file(src, tmp_path / "out.nii.gz", self_supervised=True, fit_options=FIT)
+    rec = denoise_file(src, tmp_path / "out.nii.gz", self_supervised=True, fit_overrides=FIT)
     assert rec["self_supervised"] and rec["run"] is None and rec["scaler"]["source"] == "scan"
     # the default objective is DSM (measured better in bench_denoise), read at t_min = 0.2 sigma
     assert rec["objective"] == "dsm"

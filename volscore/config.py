@@ -24,7 +24,6 @@ RUNTIME_FIELDS = (
     "device",
     "compile",
     "channels_last",
-    "threads",
     "ckpt_every",
     "log_every",
 )
@@ -102,9 +101,6 @@ class TrainConfig:
     ckpt_every: int = field(default=500, metadata=_opt("checkpoint every this many steps"))
     max_skipped: int = 50  # non-finite losses tolerated before stopping
     device: str = field(default="auto", metadata=_opt("cpu, cuda, cuda:N or auto"))
-    threads: int | None = field(
-        default=None, metadata=_opt("torch CPU threads (default: the cores this process may use)")
-    )
     compile: bool = field(default=False, metadata=_opt("torch.compile the model (not for ssm, ssm-vr)"))
     channels_last: bool = field(default=False, metadata=_opt("channels-last(-3d) memory format"))
     init: str | None = field(
@@ -120,12 +116,15 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
     def model_changes(self, other: TrainConfig) -> list[str]:
-        """The non-runtime fields in which ``other`` differs: what a resume may not change."""
+        """The non-runtime fields that ``other`` sets (not None) to another value: what a resume may not
+        change. None means "resolved by the run" (sigma_max, num_sigmas, batch_size)."""
         skip = set(RUNTIME_FIELDS) | {"out"}
         return [
             f"{f.name}: {getattr(self, f.name)!r} -> {getattr(other, f.name)!r}"
             for f in dataclasses.fields(self)
-            if f.name not in skip and getattr(self, f.name) != getattr(other, f.name)
+            if f.name not in skip
+            and getattr(other, f.name) is not None
+            and getattr(self, f.name) != getattr(other, f.name)
         ]
 
     def validate(self) -> None:
@@ -163,7 +162,6 @@ class TrainConfig:
             "patch_size": self.patch_size,
             "ckpt_every": self.ckpt_every,
             "log_every": self.log_every,
-            "threads": self.threads,
         }
         for name, value in at_least_one.items():
             if value is not None and value < 1:

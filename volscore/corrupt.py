@@ -15,8 +15,7 @@ from typing import Any
 import numpy as np
 
 from volscore.data.nifti import load_volume, resolve_paths, save_volume
-
-NOISE_MODELS = ("gaussian", "rician")
+from volscore.options import NOISE_MODELS
 
 
 def reference_level(data: np.ndarray) -> float:

@@ -1,8 +1,9 @@
-"""Sampling from a trained run: images in batches, and volumes of any size through the stitched score.
+"""Sampling from a trained run: images in batches, volumes of any size through the stitched score, and
+``sample_run``, which writes a run's samples to files (grid PNG + NPY, NIfTI + montage, or a shape folder).
 
-The sampler is the plain annealed Langevin (or predictor-corrector) function; for volumes its score
-function is a ``StitchedScore`` over patches, so the chain is one global chain with one global noise
-draw per step. Sample i uses its own generator (seed + i), so it does not depend on the batch size.
+The sampler is any entry of the sampler table (``volscore.sampling.table``); for volumes its score function
+is a ``StitchedScore`` over patches, so the chain is one global chain with one global noise draw per step.
+Sample i uses its own generator (seed + i), so it does not depend on the batch size.
 """
 
 from __future__ import annotations
@@ -12,79 +13,35 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from volscore.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
-from volscore.noise import geometric_sigmas, ncsnv2_step_lr
-from volscore.sampling.langevin import annealed_langevin, predictor_corrector, randn_like
-
-SAMPLERS = ("annealed", "pc")
-
-
-def load_run(run: str | Path, use_ema: bool = True, device: str | torch.device = "cpu") -> tuple[Any, dict]:
-    """The (EMA) model of a run directory in eval mode, and the checkpoint's state dict."""
-    from volscore.nets import build_model_from_args
-
-    run = Path(run)
-    if not run.is_dir():
-        raise CheckpointError(f"{run}: no run directory here (train one with `volscore train --out {run}`)")
-    state = load_checkpoint(run / CHECKPOINT_NAME, map_location=device)
-    model = build_model_from_args(state["model_args"])
-    weights = state["model"]
-    if use_ema and "ema" in state:
-        weights = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as e:
-        raise CheckpointError(
-            f"{run / CHECKPOINT_NAME}: weights do not fit the stored model arguments: {e}"
-        ) from e
-    return model.to(device).eval().requires_grad_(False), state
+from volscore.options import SampleOptions
+from volscore.outputs import check_outputs
+from volscore.run import Run
+from volscore.sampling.langevin import randn_like
+from volscore.sampling.settings import SamplerSettings
+from volscore.sampling.table import run_sampler, sampling_sigmas
 
 
-def sampling_schedule(
-    config: dict[str, Any], num_sigmas: int | None = None, n_steps_each: int = 5, step_lr: float | None = None
-) -> tuple[Tensor, float]:
-    """The run's geometric sigmas (optionally re-spaced) and NCSNv2's step_lr (technique 4) for them."""
-    n = num_sigmas or int(config["num_sigmas"])
-    sigmas = geometric_sigmas(float(config["sigma_max"]), float(config["sigma_min"]), n)
-    if step_lr is None:
-        gamma = (float(config["sigma_max"]) / float(config["sigma_min"])) ** (1 / (n - 1))
-        step_lr = ncsnv2_step_lr(float(config["sigma_min"]), gamma, n_steps_each)
-    return sigmas, step_lr
-
-
-def _run_sampler(
-    name: str,
-    score_fn: Callable[[Tensor, Tensor], Tensor],
-    x: Tensor,
-    sigmas: Tensor,
-    n_steps_each: int,
-    step_lr: float,
-    generators: Sequence[torch.Generator],
-    callback: Callable[[dict], None] | None,
-) -> Tensor:
-    if name == "annealed":
-        return annealed_langevin(score_fn, x, sigmas, n_steps_each, step_lr, True, generators, callback)
-    if name == "pc":
-        return predictor_corrector(score_fn, x, sigmas, n_steps_each, 0.16, True, generators, callback)
-    raise ValueError(f"sampler must be one of {SAMPLERS}, got {name!r}")
+def run_sigmas(run: Run, settings: SamplerSettings) -> Tensor:
+    """The sampling levels for ``run``: ``settings``' own range and steps where given, else the run's."""
+    sigma_min, sigma_max = run.sigma_range
+    return sampling_sigmas(settings, sigma_min, sigma_max, run.num_sigmas)
 
 
 def sample_images(
     model: Callable[..., Tensor],
     n: int,
     shape: Sequence[int],
+    settings: SamplerSettings,
     sigmas: Tensor,
-    n_steps_each: int,
-    step_lr: float,
     seed: int = 0,
     batch_size: int = 64,
-    sampler: str = "annealed",
     progress: bool = True,
 ) -> Tensor:
-    """n samples of ``shape`` (C, H, W) from a score model ``model(x, sigma)``, in batches."""
+    """n samples of ``shape`` (C, *spatial) from a score model ``model(x, sigma)``, in batches."""
     from tqdm.auto import tqdm
 
     out = []
@@ -93,7 +50,7 @@ def sample_images(
         gens = [torch.Generator().manual_seed(seed + i) for i in range(start, min(n, start + batch_size))]
         x = float(sigmas[0]) * randn_like(torch.empty(len(gens), *shape), gens)
         k = len(gens)
-        x = _run_sampler(sampler, model, x, sigmas, n_steps_each, step_lr, gens, lambda _: bar.update(k))  # noqa: B023
+        x = run_sampler(settings, model, x, sigmas, generator=gens, callback=lambda _: bar.update(k))  # noqa: B023
         out.append(x)
     bar.close()
     return torch.cat(out)
@@ -104,13 +61,11 @@ def sample_volume(
     shape: Sequence[int],
     patch_size: int,
     coords: bool,
+    settings: SamplerSettings,
     sigmas: Tensor,
-    n_steps_each: int,
-    step_lr: float,
     seed: int = 0,
     stitch: str = "shift",
     tile_batch: int = 8,
-    sampler: str = "annealed",
     channels: int = 1,
     progress: bool = True,
 ) -> Tensor:
@@ -123,7 +78,7 @@ def sample_volume(
     stitched = StitchedScore(
         model,
         patch_size,
-        mode=stitch,
+        stitch=stitch,
         tile_batch=tile_batch,
         coords=coords,
         generator=torch.Generator().manual_seed(seed + 1),
@@ -138,6 +93,144 @@ def sample_volume(
         last[0] = now
         bar.update(1)
 
-    x = _run_sampler(sampler, stitched, x, sigmas, n_steps_each, step_lr, gen, on_level)
+    x = run_sampler(settings, stitched, x, sigmas, generator=gen, callback=on_level)
     bar.close()
     return x[0]
+
+
+def sample_run_tensor(
+    run: Run, settings: SamplerSettings, n: int = 1, shape: Sequence[int] | None = None, seed: int = 0,
+    stitch: str = "shift", tile_batch: int = 8, progress: bool = True,
+) -> Tensor:  # fmt: skip
+    """``n`` samples of a run in model units, (n, C, *spatial): whole images or shapes in batches, or
+    stitched volumes (one seed each) for a patch model."""
+    from tqdm.auto import tqdm
+
+    settings.validate()
+    size = list(shape) if shape else run.sample_shape
+    if len(size) != run.spatial_dims or any(s < 1 for s in size):
+        raise ValueError(f"shape must be {run.spatial_dims} positive sizes, got {size}")
+    sigmas = run_sigmas(run, settings)
+    if run.patch_size is None:  # a model of whole samples
+        return sample_images(
+            run.model, n, (run.channels, *size), settings, sigmas, seed=seed, progress=progress
+        )
+    one = progress and n == 1  # one volume: a bar per level; several: a bar per volume
+    vols = [
+        sample_volume(run.model, size, run.patch_size, run.coords, settings, sigmas, seed=seed + i,
+                      stitch=stitch, tile_batch=tile_batch, channels=run.channels, progress=one)
+        for i in tqdm(range(n), desc="volumes", unit="volume", disable=not progress or n == 1)
+    ]  # fmt: skip
+    return torch.stack(vols)
+
+
+def _outputs(run: Run, out: Path, options: SampleOptions) -> dict[str, Path]:
+    """The files ``sample_run`` will write, by role, so that all of them are checked before sampling."""
+    if run.kind == "shapes":
+        if out.suffix in (".png", ".gz", ".nii", ".npy"):
+            raise ValueError(f"{out}: a shape run samples into a folder (e.g. --out shapes/), not a file")
+        files = {f"shape_{i:03d}": out / f"shape_{i:03d}.nii.gz" for i in range(options.n)}
+        files |= {"npy": out / "samples.npy", "png": out / "shapes.png"}
+        if options.mesh:
+            files |= {f"mesh_{i:03d}": out / f"shape_{i:03d}.obj" for i in range(options.n)}
+        return files
+    if run.spatial_dims == 2:
+        png = out if out.suffix == ".png" else out.with_suffix(".png")
+        return {"png": png, "npy": png.with_suffix(".npy")}
+    nii = out if out.name.endswith((".nii", ".nii.gz")) else out.with_suffix(".nii.gz")
+    return {"nii": nii, "png": nii.with_name(nii.name.split(".")[0] + ".png")}
+
+
+def sample_run(run: Run, options: SampleOptions, settings: SamplerSettings) -> dict[str, Any]:
+    """Sample ``run`` to files as ``options`` says; return a record (files, seconds, NFE per sample)."""
+    options.validate()
+    settings.validate()
+    out = Path(options.out).expanduser()
+    files = _outputs(run, out, options)
+    check_outputs(files.values(), force=options.force)  # before any work
+    if options.mesh:
+        from volscore.mesh import require_mesh_support
+
+        require_mesh_support()
+    t0 = time.monotonic()
+    n = 1 if run.kind == "nifti" else options.n
+    x = sample_run_tensor(run, settings, n, options.shape, options.seed, options.stitch, options.tile_batch)
+    if not torch.isfinite(x).all():
+        bad = int((~torch.isfinite(x)).sum())
+        raise FloatingPointError(
+            f"{run.name}: the sampler produced {bad} non-finite values (nothing written); "
+            "try fewer --steps of a smaller size, another --sampler, or check the checkpoint"
+        )
+    seconds = time.monotonic() - t0
+    from volscore.plots import save_image_grid, save_montage
+
+    no_surface: list[str] = []
+    if run.kind == "shapes":
+        no_surface = _write_shapes(x, out, files, options.mesh)
+    elif run.spatial_dims == 2:
+        save_image_grid(x.clamp(0, 1), files["png"], nrow=int(np.ceil(np.sqrt(n))))
+        write_npy(files["npy"], x.numpy())
+    else:
+        from volscore.data.nifti import save_nifti
+
+        vol = x[0, 0].numpy()
+        scaler = run.scaler()
+        save_nifti(files["nii"], (scaler.inverse(vol) if scaler else vol).astype(np.float32),
+                   np.diag([*run.zooms, 1.0]))  # fmt: skip
+        # NIfTI arrays are (x, y, z): slicing x gives a sagittal view.
+        save_montage(x[0, 0].clamp(0, 1).numpy(), files["png"], axis_names=("sagittal", "coronal", "axial"))
+    levels = len(run_sigmas(run, settings))
+    return {
+        "run": run.name,
+        "files": {k: str(v) for k, v in files.items() if v.exists()},
+        "n": n,
+        "shape": list(x.shape[2:]),
+        "sampler": settings.sampler,
+        "levels": levels,
+        "nfe": settings.network_evaluations(levels),
+        "seconds": round(seconds, 2),
+        "no_surface": no_surface,
+    }
+
+
+def _write_shapes(x: Tensor, out: Path, files: dict[str, Path], mesh: bool) -> list[str]:
+    """Write the shape folder; return the shapes without a surface at 0.5 (no mesh written for them)."""
+    from volscore.data.nifti import save_nifti
+    from volscore.plots import save_shape_sheet
+
+    occupancy = x.clamp(0, 1).numpy().astype(np.float32)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, v in enumerate(occupancy):
+        save_nifti(files[f"shape_{i:03d}"], v[0])
+    write_npy(files["npy"], occupancy)
+    save_shape_sheet(occupancy, files["png"], nrow=int(np.ceil(np.sqrt(len(occupancy)))))
+    empty = []
+    if mesh:
+        from volscore.mesh import marching_cubes, save_obj
+
+        for i, v in enumerate(occupancy):
+            try:
+                save_obj(files[f"mesh_{i:03d}"], *marching_cubes(v[0]))
+            except ValueError:  # no surface at 0.5: nothing to mesh
+                empty.append(f"shape_{i:03d}")
+    return empty
+
+
+def write_npy(path: Path, array: np.ndarray) -> None:
+    from volscore.atomic import atomic_write
+
+    atomic_write(path, lambda tmp: np.save(tmp.open("wb"), array))
+
+
+def describe_record(record: dict[str, Any]) -> str:
+    """One line for the CLI: what was written, how, in how long."""
+    names = ", ".join(v for k, v in record["files"].items() if not k.startswith(("shape_", "mesh_")))
+    extra = " (+ shape_*.nii.gz)" if any(k.startswith("shape_") for k in record["files"]) else ""
+    text = (
+        f"{record['n']} sample(s) {tuple(record['shape'])} in {record['seconds']:.0f} s with "
+        f"{record['sampler']} ({record['levels']} levels, {record['nfe']} network evaluations each): "
+        f"{names}{extra}"
+    )
+    if record["no_surface"]:
+        text += f"\nno surface (no mesh written): {', '.join(record['no_surface'])}"
+    return text

@@ -37,7 +37,7 @@ def check_outputs(
     for i, out in enumerate(outs):
         for src in ins:
             if _same(out, src):
-                raise OutputError(f"{out}: refusing to write over the input {src}")
+                raise OutputError(f"{out}: refusing to overwrite the input {src}")
         for other in outs[:i]:
             if _same(out, other):
                 raise OutputError(f"{out}: given twice as an output ({other})")
@@ -46,3 +46,28 @@ def check_outputs(
         if (out.exists() or out.is_symlink()) and not force:
             raise FileExistsError(f"{out}: exists; pass --force to replace it")
     return outs
+
+
+RUN_FILES = ("config.json", "checkpoint.pt", "metrics.csv", "loss.png")
+
+
+def check_run_folder(path: str | os.PathLike) -> Path:
+    """A new run may go into a missing or empty folder, or one holding only a run's own files (a run that
+    stopped before its first checkpoint); any other folder is refused, so no file of the user's is lost."""
+    import json
+
+    out = Path(path).expanduser()
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: exists and is not a folder; give a new folder for the run")
+    if not out.is_dir() or not any(out.iterdir()):
+        return out
+    config = out / "config.json"
+    try:
+        ours = {"config", "model_args"} <= set(json.loads(config.read_text()))
+    except (OSError, ValueError, TypeError):
+        ours = False
+    others = sorted(p.name for p in out.iterdir() if p.name not in RUN_FILES and not p.name.startswith("."))
+    if not ours or others:
+        listed = ", ".join(others[:5]) or "config.json of something else"
+        raise OutputError(f"{out}: not an empty folder or a volscore run (holds {listed}); give a new --out")
+    return out

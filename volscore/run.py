@@ -1,8 +1,8 @@
 """A trained run, loaded once: its model, its ``TrainConfig`` and what writing results back needs.
 
-Every reader of a run (sampling, denoising, recipes, benchmarks) goes through ``Run``, so the facts about a run
-are read in one place: spatial dims, patch size and coordinates, intensity scaler, voxel size, default sample
-shape. The trainer writes what this reads (``Trainer.state_dict``: config, model_args, data).
+Every reader of a run (sampling, denoising, recipes, benchmarks) goes through ``Run``, so the facts about a
+run are read in one place: spatial dims, patch size and coordinates, intensity scaler, voxel size, default
+sample shape. The trainer writes what this reads (``Trainer.state_dict``: config, model_args, data).
 """
 
 from __future__ import annotations
@@ -43,8 +43,12 @@ class Run:
             return cls.from_state(state, text, device, use_ema)
         path = Path(text).expanduser()
         if not path.is_dir():
-            raise CheckpointError(f"{path}: no run directory here (train one with `volscore train --out {path}`)")
-        return cls.from_state(load_checkpoint(path / CHECKPOINT_NAME, map_location=device), text, device, use_ema)
+            raise CheckpointError(
+                f"{path}: no run directory here (train one with `volscore train --out {path}`)"
+            )
+        return cls.from_state(
+            load_checkpoint(path / CHECKPOINT_NAME, map_location=device), text, device, use_ema
+        )
 
     @classmethod
     def from_state(
@@ -56,7 +60,9 @@ class Run:
         model = build_model_from_args(state["model_args"])
         weights = state["model"]
         if use_ema and "ema" in state:
-            weights = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
+            weights = {
+                k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")
+            }
         try:
             model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()})
         except RuntimeError as e:

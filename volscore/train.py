@@ -28,9 +28,10 @@ from volscore.checkpoint import (
     remove_stale_temporaries,
     save_checkpoint,
 )
-from volscore.config import AMP_MODES, OBJECTIVES, SIGMA_DISTS, TrainConfig  # noqa: F401 (re-exported)
-from volscore.noise import append_dims, ncsnv2_num_sigmas, randn, sigma_max_from_data
+from volscore.config import RUNTIME_FIELDS, TrainConfig
+from volscore.noise import append_dims, ncsnv2_num_sigmas, randn, sample_training_sigmas, sigma_max_from_data
 from volscore.objectives import dsm_loss, ssm_loss
+from volscore.outputs import check_run_folder
 
 METRIC_FIELDS = ["step", "loss", "sigma_mean", "lr", "grad_norm", "sec_per_step", "skipped"]
 
@@ -45,17 +46,19 @@ def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
     return device
 
 
-def distributed_setup(device: str) -> tuple[int, int]:
-    """(rank, world size); under torchrun, join the process group (NCCL on GPUs, gloo on CPU)."""
+def distributed_setup(device: str) -> tuple[int, int, bool]:
+    """(rank, world size, whether this call created the process group); under torchrun, join the process
+    group (NCCL on GPUs, gloo on CPU). Whoever created the group destroys it (``Trainer.close``)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return 0, 1
+        return 0, 1, False
     import torch.distributed as dist
 
-    if not dist.is_initialized():
+    created = not dist.is_initialized()
+    if created:
         use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
         dist.init_process_group("nccl" if use_cuda else "gloo")
-    return dist.get_rank(), dist.get_world_size()
+    return dist.get_rank(), dist.get_world_size(), created
 
 
 def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
@@ -89,16 +92,18 @@ def ema_with_warmup(decay: float):
     return update
 
 
-def sample_sigmas(cfg: TrainConfig, batch: int, generator: torch.Generator, device: torch.device) -> Tensor:
-    lo, hi = math.log(cfg.sigma_min), math.log(cfg.sigma_max)
-    if cfg.sigma_dist == "lognormal":
-        z = torch.randn(batch, generator=generator)
-        return torch.exp(cfg.p_mean + cfg.p_std * z).clamp(cfg.sigma_min, cfg.sigma_max).to(device)
-    if cfg.sigma_dist == "geometric":  # the sampler's discrete levels (NCSN)
-        idx = torch.randint(cfg.num_sigmas, (batch,), generator=generator)
-        return torch.exp(lo + (hi - lo) * (1 - idx / (cfg.num_sigmas - 1))).float().to(device)
-    u = torch.rand(batch, generator=generator)  # log-uniform: the geometric schedule made continuous
-    return torch.exp(lo + (hi - lo) * u).to(device)
+def default_batch_size(spatial_dims: int) -> int:
+    """64 images for 2D (MNIST), 4 patches or shapes for 3D (a 32^3 sample is 42x an MNIST image)."""
+    return 64 if spatial_dims == 2 else 4
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up over ``cfg.warmup`` steps, then constant or cosine decay to 0 at ``cfg.steps``."""
+    lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
+    if cfg.lr_schedule == "cosine" and cfg.steps is not None and step >= cfg.warmup:
+        progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+        lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
+    return lr
 
 
 def training_loss(
@@ -170,34 +175,63 @@ class Trainer:
     """
 
     def __init__(
-        self, cfg: TrainConfig, resume: bool = False, progress: bool = True, source: Any | None = None
+        self,
+        cfg: TrainConfig,
+        resume: bool = False,
+        progress: bool = True,
+        source: Any | None = None,
+        asked: set[str] | None = None,
     ) -> None:
         """``source`` overrides ``cfg.data`` with an in-memory source (``volscore.data.sources.Source``),
-        e.g. patches of one noisy scan for self-supervised denoising."""
+        e.g. patches of one noisy scan for self-supervised denoising. On ``resume``, the run's saved
+        configuration is used with ``cfg``'s runtime fields (``config.RUNTIME_FIELDS``: budget, device, ...);
+        the other fields named in ``asked`` (what the caller set on purpose) must agree with the saved ones."""
+        cfg.validate()
+        self.rank, self.world, self._owns_group = distributed_setup(cfg.device)
+        self.out = Path(cfg.out)
+        self.cfg, state = self._configure(cfg, resume, asked)
+        self.progress = progress and self.rank == 0
+        self._build(source, state)
+        if self.rank == 0:
+            self._write_run_files()
+
+    # -- setup: configuration, model and data, files ----------------------------------------------------
+    def _configure(
+        self, cfg: TrainConfig, resume: bool, asked: set[str] | None
+    ) -> tuple[TrainConfig, dict[str, Any] | None]:
+        """The run's configuration (the saved one on resume, with the new runtime fields) and its state."""
+        ckpt_path = self.out / CHECKPOINT_NAME
+        if not resume:
+            if ckpt_path.exists():
+                raise FileExistsError(f"{self.out}: a run already exists here; use --resume or another --out")
+            check_run_folder(self.out)
+            return cfg, None
+        if self.rank == 0:  # a run killed while saving leaves its temporary file behind
+            remove_stale_temporaries(ckpt_path)
+        state = load_checkpoint(ckpt_path)
+        saved = TrainConfig.from_dict(state["config"])
+        changes = [c for c in saved.model_changes(cfg) if c.split(":")[0] in (asked or ())]
+        if changes:
+            raise ValueError(
+                f"{self.out}: --resume continues the saved run, which these options would change: "
+                + "; ".join(changes)
+                + " (start a new run with another --out, or use --init RUN to start from its weights)"
+            )
+        for name in RUNTIME_FIELDS:  # the budget and how it runs may change on resume
+            setattr(saved, name, getattr(cfg, name))
+        saved.validate()
+        return saved, state
+
+    def _build(self, source: Any | None, state: dict[str, Any] | None) -> None:
+        """Data, sigma range, model, EMA, optimizer, scaler, generators, DDP and compile."""
         from torch.optim.swa_utils import AveragedModel
 
         from volscore.data.sources import open_source
         from volscore.nets import build_model_from_args, model_args
 
-        cfg.validate()
-        self.rank, self.world = distributed_setup(cfg.device)
-        self.out = Path(cfg.out)
-        ckpt_path = self.out / CHECKPOINT_NAME
-        state = None
-        if resume:
-            if self.rank == 0:  # a run killed while saving leaves its temporary file behind
-                remove_stale_temporaries(ckpt_path)
-            state = load_checkpoint(ckpt_path)
-            saved = TrainConfig.from_dict(state["config"])
-            # The budget and how it runs may change on resume; the model, data and schedule may not.
-            saved.steps, saved.minutes, saved.device = cfg.steps, cfg.minutes, cfg.device
-            saved.compile, saved.channels_last = cfg.compile, cfg.channels_last
-            saved.validate()
-            cfg = saved
-        elif ckpt_path.exists():
-            raise FileExistsError(f"{self.out}: a run already exists here; use --resume or another --out")
-        self.cfg = cfg
-        self.progress = progress and self.rank == 0
+        cfg = self.cfg
+        self.init_from: dict[str, Any] | None = None
+        self._saved_meta: dict[str, Any] | None = None
         self.device = resolve_device(cfg.device, self.rank if self.world > 1 else None)
         self.amp = amp_dtype(cfg.amp, self.device)
         self.source = source or open_source(
@@ -207,18 +241,21 @@ class Trainer:
             spacing=cfg.spacing,
             full_volume=cfg.full_volume,
         )
+        if cfg.batch_size is None:
+            cfg.batch_size = default_batch_size(self.source.spatial_dims)
         _estimate_sigmas(cfg, self.source)
-        in_ch = self.source.sample_shape[0]
         self.model_args = model_args(
             cfg.preset,
             self.source.spatial_dims,
-            in_channels=in_ch,
+            in_channels=self.source.sample_shape[0],
             coord_channels=self.source.coord_channels > 0,
             sigma_data=cfg.sigma_data,
             kind=cfg.precond,
         )
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         self.model = build_model_from_args(self.model_args).to(self.device)
+        if cfg.init is not None and state is None:
+            self._load_init(cfg.init)
         if cfg.channels_last:  # convolutions follow the weights' format; the EMA copy below keeps it
             fmt = torch.channels_last_3d if self.source.spatial_dims == 3 else torch.channels_last
             self.model = self.model.to(memory_format=fmt)
@@ -230,7 +267,7 @@ class Trainer:
         self.step = 0
         self.skipped = 0
         if state is not None:
-            check_model_args(ckpt_path, self.model_args, state["model_args"])
+            check_model_args(self.out / CHECKPOINT_NAME, self.model_args, state["model_args"])
             self._load_state(state)
         self.net = self.model
         if self.world > 1:
@@ -240,12 +277,50 @@ class Trainer:
             self.net = DistributedDataParallel(self.model, device_ids=ids)
         if cfg.compile:  # compiles on the first step (about a minute on a CPU); checkpoints hold self.model
             self.net = torch.compile(self.net)
-        if self.rank == 0:
-            self.out.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(
-                self.out / "config.json",
-                {"config": cfg.to_dict(), "model_args": self.model_args, "data": self.source.meta},
-            )
+
+    def _load_init(self, init: str) -> None:
+        """Start from another run's (EMA) weights, e.g. ``pretrained:NAME``: fine-tuning. The model must be
+        the same; the optimizer, step and generators start fresh."""
+        from volscore.run import Run
+
+        start = Run.load(init)
+        check_model_args(init, self.model_args, start.model_args)
+        self.model.load_state_dict(start.model.state_dict())
+        self.init_from = {"init": start.name, "step": start.step}
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """What readers of the run need besides the config (``volscore.run.Run``): the source's meta, the
+        sample shape, and where fine-tuning started."""
+        meta = dict(self.source.meta)
+        if meta.get("kind") in ("mnist", "shapes") and "patch_size" not in meta:  # whole samples
+            meta["sample_shape"] = list(self.source.sample_shape[1:])
+        init = self.init_from or (self._saved_meta or {}).get("init_from")
+        if init:
+            meta["init_from"] = init
+        return meta
+
+    def _write_run_files(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(
+            self.out / "config.json",
+            {"config": self.cfg.to_dict(), "model_args": self.model_args, "data": self.meta},
+        )
+
+    def close(self) -> None:
+        """Leave the process group this trainer created (torchrun); a no-op otherwise."""
+        if self._owns_group:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+            self._owns_group = False
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- state -------------------------------------------------------------------------------------
     def _generator_states(self) -> dict[int, Tensor]:
@@ -267,7 +342,7 @@ class Trainer:
             "rng": {"generators": self._generator_states(), "torch": torch.get_rng_state()},
             "model_args": self.model_args,
             "config": self.cfg.to_dict(),
-            "data": self.source.meta,
+            "data": self.meta,
         }
 
     def _load_state(self, state: dict[str, Any]) -> None:
@@ -282,6 +357,7 @@ class Trainer:
             raise CheckpointError(f"{self.out / CHECKPOINT_NAME}: state does not fit this run: {e}") from e
         self.step = int(state["step"])
         self.skipped = int(state.get("skipped", 0))
+        self._saved_meta = state.get("data")
         torch.set_rng_state(state["rng"]["torch"])
 
     def save(self) -> Path:
@@ -307,7 +383,7 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         cfg = self.cfg
         for group in self.optimizer.param_groups:
-            group["lr"] = cfg.lr * min(1.0, (self.step + 1) / max(1, cfg.warmup))
+            group["lr"] = learning_rate(cfg, self.step)
         self.optimizer.zero_grad(set_to_none=True)
         losses, sigmas = [], []
         for r in self.shards:  # one shard per rank under DDP; K shards in turn in one process
@@ -315,7 +391,16 @@ class Trainer:
             x, coords = self.source.sample(cfg.batch_size, gen)
             x = x.to(self.device)
             coords = None if coords is None else coords.to(self.device)
-            sigma = sample_sigmas(cfg, x.shape[0], gen, self.device)
+            sigma = sample_training_sigmas(
+                cfg.sigma_dist,
+                x.shape[0],
+                gen,
+                cfg.sigma_min,
+                cfg.sigma_max,
+                cfg.num_sigmas,
+                cfg.p_mean,
+                cfg.p_std,
+            ).to(self.device)
             with self._autocast():
                 per_sample = training_loss(
                     self.net, cfg.objective, x, coords, sigma, gen, cfg.weighting, cfg.sigma_data

@@ -23,25 +23,14 @@ written in their own intensity units, sigma is reported in both.
 """
 
 from volscore.denoise.background import clamp_background, foreground_mask, otsu_threshold
-from volscore.denoise.estimators import SAMPLERS, annealed_denoise, denoise_sigmas, tweedie_denoise
-from volscore.denoise.files import (
-    BACKGROUND_RULES,
-    NOISE_MODELS,
-    RECORD_NAME,
-    choose_scaler,
-    denoise_file,
-    denoise_folder,
-)
+from volscore.denoise.estimators import annealed_denoise, denoise_sigmas, tweedie_denoise
+from volscore.denoise.files import RECORD_NAME, choose_scaler, denoise_file, denoise_folder
 from volscore.denoise.noise_level import estimate_sigma, estimate_sigma_rician
 from volscore.denoise.rician import rician_correct, rician_mean
-from volscore.denoise.self_supervised import OBJECTIVES, fit_self_supervised, self_supervised_levels
+from volscore.denoise.self_supervised import fit_self_supervised, self_supervised_levels
 
 __all__ = [
-    "BACKGROUND_RULES",
-    "NOISE_MODELS",
-    "OBJECTIVES",
     "RECORD_NAME",
-    "SAMPLERS",
     "annealed_denoise",
     "choose_scaler",
     "clamp_background",

@@ -3,14 +3,14 @@ predictor-corrector) chain started at the scan itself."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-PatchFn = Callable[[Tensor, Tensor, Tensor | None], Tensor]  # (x, sigma (N,), coords | None) -> score
-SAMPLERS = ("annealed", "pc")
+from volscore.options import DENOISE_CHAINS
+from volscore.sampling.stitch import PatchFn
 
 
 def _as_batch(noisy: Tensor | np.ndarray) -> Tensor:
@@ -96,8 +96,8 @@ def annealed_denoise(
     from volscore.sampling.langevin import annealed_langevin, predictor_corrector
     from volscore.sampling.stitch import StitchedScore
 
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    if sampler not in DENOISE_CHAINS:
+        raise ValueError(f"sampler must be one of {DENOISE_CHAINS}, got {sampler!r}")
     if chains < 1:
         raise ValueError(f"chains must be >= 1, got {chains}")
     sigmas = denoise_sigmas(sigma, sigma_min, steps)

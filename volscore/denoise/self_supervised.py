@@ -8,10 +8,10 @@ import tempfile
 from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor
 
-OBJECTIVES = ("ssm-vr", "dsm")
+from volscore.options import SELF_SUPERVISED_OBJECTIVES
+from volscore.run import Run
 
 
 def self_supervised_levels(sigma: float, objective: str = "ssm-vr") -> tuple[float, float]:
@@ -22,8 +22,8 @@ def self_supervised_levels(sigma: float, objective: str = "ssm-vr") -> tuple[flo
     as 1/t^2, so it cannot train at t -> 0; the net shares what it learns across t), evaluated at
     sqrt(1 + 0.04) sigma = 1.02 sigma.
     """
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if objective not in SELF_SUPERVISED_OBJECTIVES:
+        raise ValueError(f"objective must be one of {SELF_SUPERVISED_OBJECTIVES}, got {objective!r}")
     lo, hi = (0.05, 0.2) if objective == "ssm-vr" else (0.2, 2.0)
     return lo * float(sigma), hi * float(sigma)
 
@@ -40,8 +40,8 @@ def fit_self_supervised(
     steps: int | None = None,
     progress: bool = False,
     **overrides: Any,
-) -> torch.nn.Module:
-    """Fit a score model to patches of one noisy scan (model units) and return its EMA model (eval mode).
+) -> Run:
+    """Fit a score model to patches of one noisy scan (model units) and return it as a ``Run`` (EMA model).
 
     Maths (Noise2Score). The scan is y = x + sigma_0 n, a draw from p_{sigma_0} = p_x * N(0, sigma_0^2), and
     Tweedie needs s_{p_{sigma_0}}(y). The trainer perturbs each patch again, z = y + t eps, and conditions
@@ -67,7 +67,6 @@ def fit_self_supervised(
     from volscore.config import TrainConfig
     from volscore.data.patches import PatchSampler
     from volscore.data.sources import Source
-    from volscore.generate import load_run
     from volscore.train import Trainer
 
     t_min, t_max = self_supervised_levels(sigma, objective)
@@ -104,10 +103,10 @@ def fit_self_supervised(
     tmp = tempfile.mkdtemp(prefix="volscore_selfsup_") if out_dir is None else None
     settings["out"] = str(out_dir or tmp)
     try:
-        trainer = Trainer(TrainConfig(**settings), progress=progress, source=Source(sampler, 3, meta))
-        trainer.run()
-        model, _ = load_run(settings["out"])
+        with Trainer(TrainConfig(**settings), progress=progress, source=Source(sampler, 3, meta)) as trainer:
+            trainer.run()
+            run = Run.from_state(trainer.state_dict(), name=f"self-supervised fit ({settings['out']})")
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-    return model
+    return run

@@ -14,6 +14,7 @@ from volscore.metrics.classifier import (
     train_classifier,
 )
 from volscore.metrics.mnist import blurred_noise_images, evaluate_mnist_samples, frechet_distance
+from volscore.metrics.seams import seam_score
 from volscore.metrics.shapes import (
     connected_fraction,
     coverage,
@@ -22,7 +23,6 @@ from volscore.metrics.shapes import (
     mmd,
     one_nna,
 )
-from volscore.metrics.seams import seam_score
 from volscore.metrics.volumes import psnr, ssim
 
 __all__ = [
