@@ -130,6 +130,26 @@ class Run:
         scalers = self.data.get("scalers")
         return IntensityScaler.from_dict(scalers[0]) if scalers else None
 
+    def training_volume(self, index: int = 0) -> Any:
+        """The ``index``-th training volume as the model saw it: resampled to the run's spacing and in model
+        units (numpy float32, (X, Y, Z)); the reference a sample of this run should resemble."""
+        import numpy as np
+
+        from volscore.data.nifti import load_volume
+        from volscore.data.sources import resample
+
+        paths = self.data.get("paths") or []
+        if self.kind != "nifti" or len(paths) <= index:
+            raise ValueError(f"{self.name}: not a run of NIfTI volumes with a volume {index}")
+        volume = load_volume(paths[index])
+        data = volume.data
+        if self.config.spacing is not None:
+            data, _ = resample(data, volume.affine, self.config.spacing)
+        scalers = self.data["scalers"]
+        from volscore.data.nifti import IntensityScaler
+
+        return np.asarray(IntensityScaler.from_dict(scalers[index]).forward(data), dtype=np.float32)
+
     @property
     def sigma_range(self) -> tuple[float, float]:
         """(sigma_min, sigma_max) the model was trained on."""
