@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from volscore.data.patches import coordinate_grid
 from volscore.metrics.seams import seam_score
 from volscore.noise import append_dims
 from volscore.sampling.stitch import (
@@ -265,3 +266,21 @@ def test_invalid_arguments():
         StitchedScore(pointwise, (8, 8))(torch.zeros(1, 1, 8, 8, 8), 1.0)
     with pytest.raises(ValueError, match="patch_fn returned"):
         stitch_score(lambda x, s, c: x[:, :1], torch.zeros(1, 2, 8, 8, 8), 1.0, 8)
+
+
+def test_blend_with_a_window_offset_still_reproduces_a_pointwise_score():
+    x = torch.randn(2, 1, 13, 11, 9, generator=torch.Generator().manual_seed(11))
+    expected = pointwise(x, SIGMAS, None)
+    for offset in [(0, 0, 0), (3, 1, 2), (1, 2, 0)]:
+        out = blend_score(lambda t, s, c: pointwise(t, s, None), x, SIGMAS, 8, coords=False, offset=offset)
+        torch.testing.assert_close(out, expected)
+    # with coordinates too: the padded margin gets extrapolated coordinates, the volume its own
+    stitched = StitchedScore(
+        pointwise, 8, stitch="blend", blend_offset=True, generator=torch.Generator().manual_seed(0)
+    )
+    whole = pointwise(x, SIGMAS, coordinate_grid(x.shape[2:])[None].expand(2, -1, -1, -1, -1))
+    offsets = set()
+    for _ in range(4):
+        torch.testing.assert_close(stitched(x, SIGMAS), whole)
+        offsets.add(stitched.offset)
+    assert len(offsets) > 1 and all(0 <= o < 4 for off in offsets for o in off)  # stride 4 at overlap 0.5

@@ -82,6 +82,7 @@ def sample_volume(
         tile_batch=tile_batch,
         coords=coords,
         generator=torch.Generator().manual_seed(seed + 1),
+        blend_offset=True,  # a chain: move the blend windows at every step, as shift moves its grid
     )
     x = float(sigmas[0]) * randn_like(torch.empty(1, channels, *shape), gen)
     bar = tqdm(total=len(sigmas), disable=not progress, desc="sample", unit="level")

@@ -192,18 +192,27 @@ def blend_score(
     overlap: float = 0.5,
     tile_batch: int = 8,
     coords: bool = True,
+    offset: int | Sequence[int] = 0,
 ) -> Tensor:
     """Score of a whole volume x (B, C, *spatial): overlapping tiles blended with a Gaussian window (MONAI).
 
     One ``sliding_window_inference`` per batch item, so each window sees its own item's sigma. Axes shorter
     than the patch are padded here (replicate, extrapolated coordinates) rather than by MONAI (zeros).
+    ``offset`` shifts the window grid: the volume is first padded by ``offset`` voxels at its low end
+    (replicate), so the windows start ``offset`` voxels before it; a random offset per call keeps the
+    blending weights' small errors from accumulating at the same planes over a sampling chain.
     """
     from monai.inferers import sliding_window_inference  # lazy: importing monai is slow
 
     b, c, *shape = x.shape
     patch = as_tuple(patch_size, len(shape), "patch_size")
+    off = as_tuple(offset, len(shape), "offset")
     sigma = as_sigma_batch(sigma, b, x.device)
     xp, lo = _pad_to_patch(x, patch)
+    if any(off):
+        # F.pad takes (low, high) pairs from the last axis backwards
+        xp = F.pad(xp, [v for o in reversed(off) for v in (o, 0)], mode="replicate")
+        lo = tuple(a + o for a, o in zip(lo, off, strict=True))
     grid = None
     if coords:
         # (1, d, *padded): the padded margins get extrapolated coordinates, as in stitch_score
@@ -234,8 +243,10 @@ class StitchedScore:
         coords: pass whole-volume coordinates in [-1, 1] to ``patch_fn`` (else None).
         overlap: window overlap for ``"blend"``.
         generator: source of the shift offsets, for reproducible sampling.
+        blend_offset: ``"blend"`` only: draw a random window offset (below the window stride) at every call,
+            as shift does for its grid; for sampling chains. Off: the deterministic blend of one pass.
 
-    After a shift or fixed call, ``self.offset`` holds the grid offset that call used.
+    After a call, ``self.offset`` holds the grid offset that call used.
     """
 
     def __init__(
@@ -247,6 +258,7 @@ class StitchedScore:
         coords: bool = True,
         overlap: float = 0.5,
         generator: torch.Generator | None = None,
+        blend_offset: bool = False,
     ) -> None:
         if stitch not in STITCH_MODES:
             raise ValueError(f"stitch must be one of {STITCH_MODES}, got {stitch!r}")
@@ -264,12 +276,17 @@ class StitchedScore:
         self.coords = coords
         self.overlap = overlap
         self.generator = generator
+        self.blend_offset = blend_offset
         self.offset: tuple[int, ...] | None = None
 
     def __call__(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         patch = as_tuple(self.patch_size, x.ndim - 2, "patch_size")
         if self.stitch == "blend":
-            return blend_score(self.patch_fn, x, sigma, patch, self.overlap, self.tile_batch, self.coords)
+            stride = [max(1, int(p * (1 - self.overlap))) for p in patch]
+            self.offset = random_offset(stride, self.generator) if self.blend_offset else (0,) * len(patch)
+            return blend_score(
+                self.patch_fn, x, sigma, patch, self.overlap, self.tile_batch, self.coords, self.offset
+            )
         self.offset = random_offset(patch, self.generator) if self.stitch == "shift" else (0,) * len(patch)
         return stitch_score(self.patch_fn, x, sigma, patch, self.offset, self.tile_batch, self.coords)
 
