@@ -22,11 +22,51 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _cpu_times(cpus: set[int]) -> tuple[int, int]:
+    """(busy, total) jiffies summed over the given CPUs, from /proc/stat."""
+    busy = total = 0
+    with open("/proc/stat") as f:
+        for line in f:
+            name, *fields = line.split()
+            if not name.startswith("cpu") or name == "cpu" or int(name[3:]) not in cpus:
+                continue
+            values = [int(v) for v in fields[:8]]  # user nice system idle iowait irq softirq steal
+            idle = values[3] + values[4]
+            busy += sum(values) - idle
+            total += sum(values)
+    return busy, total
+
+
+def busy_cores(interval: float = 0.25) -> float:
+    """How many of this process's cores other programs keep busy now: the busy fraction of the allowed CPUs
+    over ``interval`` seconds (/proc/stat), times their count. 0 where /proc/stat is unreadable."""
+    import time
+
+    try:
+        cpus = set(os.sched_getaffinity(0))
+        b0, t0 = _cpu_times(cpus)
+        time.sleep(interval)
+        b1, t1 = _cpu_times(cpus)
+    except (AttributeError, OSError, ValueError):
+        return 0.0
+    return len(cpus) * (b1 - b0) / max(1, t1 - t0)
+
+
+def default_threads() -> int:
+    """Threads for torch: the cores this process may run on, less those other programs keep busy now.
+
+    On a shared CPU, torch's default of one thread per core makes its threads wait on each other behind the
+    other programs (a training step ran 15x slower with every core taken); leaving the busy cores to them
+    keeps each of our threads on a core of its own.
+    """
+    return max(1, available_cores() - round(busy_cores()))
+
+
 def set_threads(threads: int | None) -> int:
-    """Set torch's intra-op threads to ``threads`` (None: ``available_cores()``); return the count."""
+    """Set torch's intra-op threads to ``threads`` (None: ``default_threads()``); return the count."""
     import torch
 
-    n = available_cores() if threads is None else int(threads)
+    n = default_threads() if threads is None else int(threads)
     if n < 1:
         raise ValueError(f"threads must be >= 1, got {n}")
     if torch.get_num_threads() != n:

@@ -135,20 +135,20 @@ class Run:
         units (numpy float32, (X, Y, Z)); the reference a sample of this run should resemble."""
         import numpy as np
 
-        from volscore.data.nifti import load_volume
+        from volscore.data.nifti import IntensityScaler, load_volume, resolve_paths
         from volscore.data.sources import resample
 
-        paths = self.data.get("paths") or []
-        if self.kind != "nifti" or len(paths) <= index:
-            raise ValueError(f"{self.name}: not a run of NIfTI volumes with a volume {index}")
+        if self.kind != "nifti":
+            raise ValueError(f"{self.name}: not a run of NIfTI volumes")
+        paths = resolve_paths(self.config.data)  # the spec ("mni152", a folder...), not this machine's paths
+        if len(paths) <= index:
+            raise ValueError(f"{self.name}: has no training volume {index}")
         volume = load_volume(paths[index])
         data = volume.data
         if self.config.spacing is not None:
             data, _ = resample(data, volume.affine, self.config.spacing)
-        scalers = self.data["scalers"]
-        from volscore.data.nifti import IntensityScaler
-
-        return np.asarray(IntensityScaler.from_dict(scalers[index]).forward(data), dtype=np.float32)
+        scaler = IntensityScaler.from_dict(self.data["scalers"][index])
+        return np.asarray(scaler.forward(data), dtype=np.float32)
 
     @property
     def sigma_range(self) -> tuple[float, float]:
