@@ -30,6 +30,8 @@ EXAMPLES = """examples:
   volscore noisy mni152 noisy.nii.gz --fraction 0.05   # a noisy copy with known sigma
   volscore denoise noisy.nii.gz clean.nii.gz --run runs/demo --png before_after.png
   volscore denoise noisy.nii.gz clean.nii.gz --self-supervised --minutes 10
+  volscore models                                     # the bundled pretrained models
+  volscore sample --run pretrained:mni152-prior --out brain.nii.gz
 """
 
 
@@ -102,6 +104,14 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
     _threads(a)
     demo(from_namespace(DemoOptions, a), from_namespace(SamplerSettings, a))
+    return 0
+
+
+def cmd_models(a: argparse.Namespace) -> int:
+    from volscore.pretrained import describe, list_models
+
+    names = list_models()
+    print("\n\n".join(describe(n) for n in names) if names else "no bundled models")
     return 0
 
 
@@ -236,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_noisy)
+
+    p = sub.add_parser("models", help="list the bundled pretrained models and their cards", formatter_class=fmt)
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("info", help="describe NIfTI files", formatter_class=fmt)
     p.add_argument("files", nargs="+")
