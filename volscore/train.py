@@ -184,8 +184,9 @@ class Trainer:
     ) -> None:
         """``source`` overrides ``cfg.data`` with an in-memory source (``volscore.data.sources.Source``),
         e.g. patches of one noisy scan for self-supervised denoising. On ``resume``, the run's saved
-        configuration is used with ``cfg``'s runtime fields (``config.RUNTIME_FIELDS``: budget, device, ...);
-        the other fields named in ``asked`` (what the caller set on purpose) must agree with the saved ones."""
+        configuration is used with ``cfg``'s runtime fields (``config.RUNTIME_FIELDS``: budget, device,
+        ...); the other fields named in ``asked`` (what the caller set on purpose) must agree with the saved
+        ones."""
         cfg.validate()
         self.rank, self.world, self._owns_group = distributed_setup(cfg.device)
         self.out = Path(cfg.out)
