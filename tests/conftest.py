@@ -39,6 +39,15 @@ def synthetic_digits(n_per_class: int, seed: int) -> tuple[torch.Tensor, torch.T
     return images, labels
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Back to one thread after each test: the CLI's commands set torch's threads to the available cores
+    (``machine.set_threads``), which would otherwise hold for every later test of the session."""
+    yield
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def digits() -> dict[str, torch.Tensor]:
     x_train, y_train = synthetic_digits(20, seed=0)

@@ -100,8 +100,8 @@ def test_existing_output_is_refused_before_sampling(tmp_path, tiny_mnist_run, ti
     montage.write_bytes(b"precious")
     with pytest.raises(FileExistsError, match="vol.png"):
         sample_run(Run.load(tiny_run), SampleOptions(out=str(tmp_path / "vol.nii.gz")), FAST)
+    (tmp_path / "dir.png").mkdir()
     with pytest.raises(OutputError, match="is a folder"):
-        (tmp_path / "dir.png").mkdir()
         sample_run(Run.load(tiny_mnist_run), SampleOptions(out=str(tmp_path / "dir.png"), force=True), FAST)
     assert montage.read_bytes() == b"precious" and not (tmp_path / "vol.nii.gz").exists()
 
