@@ -189,28 +189,10 @@ def test_info_describes_the_bundled_template(capsys):
     assert "197" in out and "233" in out
 
 
-def test_sample_shapes_writes_a_folder_of_nifti_and_a_sheet(tmp_path, capsys):
+def test_sample_shapes_writes_a_folder_of_nifti_and_a_sheet(tmp_path, capsys, tiny_shapes_run):
     import nibabel as nib
-    import torch
 
-    from volscore.checkpoint import CHECKPOINT_NAME, save_checkpoint
-    from volscore.config import TrainConfig
-    from volscore.nets import build_model, model_args
-
-    torch.manual_seed(0)
-    run = tmp_path / "run"
-    cfg = TrainConfig(data=["shapes:primitives@16"], out=str(run), preset="tiny", steps=1, sigma_max=2.0,
-                      num_sigmas=5, coords=False)  # fmt: skip
-    save_checkpoint(
-        run / CHECKPOINT_NAME,
-        {
-            "model": build_model("tiny", 3).state_dict(),
-            "model_args": model_args("tiny", 3),
-            "config": cfg.to_dict(),
-            "data": {"kind": "shapes", "shape_kind": "primitives", "size": 16, "n": 10, "seed": 0},
-            "step": 1,
-        },
-    )
+    run = tiny_shapes_run  # conftest: whole 16^3 shapes, two training steps
     out = tmp_path / "shapes"
     assert main(["sample", "--run", str(run), "--n", "3", "--out", str(out), "--n-steps-each", "1"]) == 0
     names = sorted(p.name for p in out.iterdir())
@@ -229,17 +211,7 @@ def test_sample_shapes_writes_a_folder_of_nifti_and_a_sheet(tmp_path, capsys):
     assert not (tmp_path / "m").exists()
 
 
-def test_render_depth_sees_the_near_surface():
-    from volscore.plots import render_depth
-
-    occ = np.zeros((10, 6, 6), np.float32)
-    occ[2:8, 1:3, 1:3] = 1.0  # a bar starting at depth 2
-    occ[5:8, 4:5, 4:5] = 1.0  # a block starting deeper, at depth 5
-    img = render_depth(occ)
-    assert img[0, 0] == 0.0 and img[1, 1] == pytest.approx(1 - 0.85 * 2 / 9)
-    assert img[4, 4] == pytest.approx(1 - 0.85 * 5 / 9) and img[1, 1] > img[4, 4]
-
-
+@pytest.mark.slow  # trains on 1,000 shapes at 20^3 and samples them stitched twice: 15-45 s
 def test_patch_trained_shapes_sample_stitched_whole_shapes(tmp_path, capsys):
     # shapes at 20^3 trained on 12^3 patches with coordinates (PatchDDM), sampled by stitching.
     run, out = tmp_path / "run", tmp_path / "shapes"
@@ -264,3 +236,15 @@ def test_patch_trained_shapes_sample_stitched_whole_shapes(tmp_path, capsys):
     note = [line for line in capsys.readouterr().out.splitlines() if line.startswith("no surface")]
     noted = set(note[0].split(": ")[1].split(", ")) if note else set()
     assert made | noted == {"shape_000", "shape_001"} and not made & noted
+
+
+@pytest.mark.reliability
+def test_sample_refuses_an_existing_output_without_force(tmp_path, tiny_mnist_run, capsys):
+    (tmp_path / "grid.npy").write_bytes(b"precious")
+    argv = ["sample", "--run", str(tiny_mnist_run), "--out", str(tmp_path / "grid.png"), "--steps", "2"]
+    assert main(argv) == 2
+    assert "grid.npy: exists; pass --force" in capsys.readouterr().err
+    assert (tmp_path / "grid.npy").read_bytes() == b"precious" and not (tmp_path / "grid.png").exists()
+    assert main([*argv, "--n", "2", "--force"]) == 0
+    assert np.load(tmp_path / "grid.npy").shape == (2, 1, 28, 28)
+    assert "2 sample(s) (28, 28)" in capsys.readouterr().out

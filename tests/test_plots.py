@@ -110,3 +110,12 @@ def test_import_is_light() -> None:
         cwd=Path(__file__).resolve().parents[1],
     )
     assert result.stdout.strip() == "False"
+
+
+def test_render_depth_sees_the_near_surface():
+    occ = np.zeros((10, 6, 6), np.float32)
+    occ[2:8, 1:3, 1:3] = 1.0  # a bar starting at depth 2
+    occ[5:8, 4:5, 4:5] = 1.0  # a block starting deeper, at depth 5
+    img = plots.render_depth(occ)
+    assert img[0, 0] == 0.0 and img[1, 1] == pytest.approx(1 - 0.85 * 2 / 9)
+    assert img[4, 4] == pytest.approx(1 - 0.85 * 5 / 9) and img[1, 1] > img[4, 4]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from phantoms import smooth_field
 
 from volscore.data.patches import coordinate_grid
 from volscore.metrics.seams import seam_score
@@ -214,26 +215,6 @@ def test_tile_coords_extrapolate_past_the_volume():
     c = _tile_coords((5, 1), (-2, 0), (8, 3), torch.float32, torch.device("cpu"))
     torch.testing.assert_close(c[0, :, 0], -1 + 2 * torch.arange(-2.0, 6.0) / 4)
     assert torch.equal(c[1], torch.zeros(8, 3))
-
-
-def smooth_field(shape, seed=0):
-    noise = torch.randn(1, 1, *shape, generator=torch.Generator().manual_seed(seed))
-    kernel = torch.exp(-0.5 * (torch.arange(-6.0, 7.0) / 2.0) ** 2)
-    kernel = kernel / kernel.sum()
-    for axis in range(3):  # separable Gaussian blur, sigma = 2 voxels
-        k = kernel.reshape([1, 1] + [13 if a == axis else 1 for a in range(3)])
-        noise = torch.nn.functional.conv3d(noise, k, padding="same")
-    return noise[0, 0]
-
-
-def test_seam_score_detects_tile_offsets():
-    field = smooth_field((32, 32, 32))
-    assert 0.85 < seam_score(field, 8) < 1.15
-    assert 0.85 < seam_score(field, 8, offset=(3, 5, 1)) < 1.15
-    steps = torch.randn(4, 4, 4, generator=torch.Generator().manual_seed(1)) * field.std()
-    tiled = field + steps.repeat_interleave(8, 0).repeat_interleave(8, 1).repeat_interleave(8, 2)
-    assert seam_score(tiled, 8) > 2
-    assert seam_score(tiled, 8, offset=(4, 4, 4)) < 1.5  # another grid does not see those seams as its own
 
 
 def box_blur(x, sigma, coords):

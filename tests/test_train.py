@@ -1,8 +1,10 @@
-"""Tests for volscore.train and volscore.checkpoint: checkpoint round trip, exact resume, safety checks."""
+"""Tests for volscore.train: exact resume, run folder, safety checks, learning-rate schedule, fine-tuning
+(``--init``); the checkpoint file itself is tested in test_checkpoint.py."""
 
 from __future__ import annotations
 
-import pickle
+import json
+import math
 
 import pytest
 import torch
@@ -73,41 +75,6 @@ def test_checkpoint_for_another_preset_is_refused(tmp_path):
     save_checkpoint(tmp_path / "r" / "checkpoint.pt", state)
     with pytest.raises(CheckpointError, match="different model.*channels"):
         Trainer(_cfg(tmp_path / "r", 2), resume=True, progress=False)
-
-
-class _Evil:
-    def __reduce__(self):
-        return (print, ("this would have run code",))
-
-
-@pytest.mark.reliability
-def test_unsafe_and_corrupt_checkpoints_are_refused(tmp_path):
-    evil = tmp_path / "evil.pt"
-    torch.save({"model": _Evil(), "model_args": {}}, evil, pickle_protocol=pickle.HIGHEST_PROTOCOL)
-    with pytest.raises(CheckpointError, match="evil.pt: refused"):
-        load_checkpoint(evil)
-    bad = tmp_path / "bad.pt"
-    bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="bad.pt"):
-        load_checkpoint(bad)
-    with pytest.raises(CheckpointError, match="no checkpoint"):
-        load_checkpoint(tmp_path / "missing.pt")
-
-
-@pytest.mark.reliability
-def test_atomic_checkpoint_keeps_previous_file_when_save_fails(tmp_path, monkeypatch):
-    path = tmp_path / "c.pt"
-    save_checkpoint(path, {"model": {}, "model_args": {}, "step": 1})
-
-    def boom(obj, f, *a, **k):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(torch, "save", boom)
-    with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(path, {"model": {}, "model_args": {}, "step": 2})
-    monkeypatch.undo()
-    assert load_checkpoint(path)["step"] == 1
-    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary left behind
 
 
 @pytest.mark.reliability
@@ -271,3 +238,101 @@ def test_compiled_dsm_trains_like_eager(tmp_path):
     assert _max_param_diff(eager.model, compiled.model) < 1e-4  # fused kernels reorder float sums
     state = torch.load(tmp_path / "k" / "checkpoint.pt", weights_only=True)
     assert not any(k.startswith("_orig_mod") for k in state["model"])  # plain keys: loadable anywhere
+
+
+# -- learning rate, batch size ----------------------------------------------------------------------------
+def test_learning_rate_warms_up_linearly_then_stays_or_decays_by_cosine():
+    from volscore.train import learning_rate
+
+    constant = _cfg("r", 110, lr=1e-3, warmup=10)
+    assert [learning_rate(constant, s) for s in (0, 4, 9)] == pytest.approx([1e-4, 5e-4, 1e-3])
+    assert learning_rate(constant, 10) == learning_rate(constant, 500) == pytest.approx(1e-3)
+    cosine = _cfg("r", 110, lr=1e-3, warmup=10, lr_schedule="cosine")
+    assert [learning_rate(cosine, s) for s in (0, 9)] == pytest.approx([1e-4, 1e-3])  # the same warm-up
+    assert learning_rate(cosine, 10) == pytest.approx(1e-3)  # then from the peak ...
+    assert learning_rate(cosine, 60) == pytest.approx(0.5e-3)  # ... half way down at half the decay
+    assert learning_rate(cosine, 35) == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi / 4)))
+    assert learning_rate(cosine, 110) == pytest.approx(0, abs=1e-15) == learning_rate(cosine, 200)
+    assert learning_rate(_cfg("r", 5, lr=2e-3, warmup=0), 0) == pytest.approx(2e-3)  # no warm-up
+
+
+def test_trainer_sets_the_scheduled_learning_rate_each_step(tmp_path):
+    from volscore.train import learning_rate
+
+    cfg = _cfg(tmp_path / "lr", 4, warmup=2, log_every=1, lr_schedule="cosine")
+    Trainer(cfg, progress=False).run()
+    rows = (tmp_path / "lr" / "metrics.csv").read_text().splitlines()
+    column = rows[0].split(",").index("lr")
+    logged = [float(r.split(",")[column]) for r in rows[1:]]
+    assert logged == pytest.approx([learning_rate(cfg, s) for s in range(4)])
+    assert logged == pytest.approx([0.5e-3, 1e-3, 1e-3, 0.5e-3])  # warm-up 2 steps, cosine over the other 2
+
+
+def test_default_batch_size_by_dimension(tmp_path):
+    from volscore.train import default_batch_size
+
+    assert (default_batch_size(2), default_batch_size(3)) == (64, 4)
+    with Trainer(_cfg(tmp_path / "b", 1, batch_size=None), progress=False) as t:
+        assert t.cfg.batch_size == 64  # resolved from the MNIST source and saved with the run
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["config"]["batch_size"] == 64
+
+
+# -- resume, fine-tuning, run folder -----------------------------------------------------------------------
+@pytest.mark.reliability
+def test_resume_refuses_a_changed_preset_that_was_asked_for(tmp_path):
+    Trainer(_cfg(tmp_path / "r", 1), progress=False).run()
+    with pytest.raises(ValueError, match=r"would change: preset: 'tiny' -> 'small'.*--init RUN"):
+        Trainer(_cfg(tmp_path / "r", 2, preset="small"), resume=True, asked={"preset"}, progress=False)
+    # Not asked for (e.g. a recipe's default): the saved run goes on as it was, runtime changes taken.
+    with Trainer(_cfg(tmp_path / "r", 2, preset="small", log_every=1), resume=True, progress=False) as t:
+        assert t.cfg.preset == "tiny" and t.cfg.log_every == 1 and t.step == 1
+    t = Trainer(_cfg(tmp_path / "r", 3), resume=True, asked={"steps", "preset"}, progress=False)
+    assert t.cfg.steps == 3  # the budget may change even when asked
+
+
+@pytest.mark.reliability
+def test_init_starts_from_the_other_runs_ema_weights_and_records_it(tmp_path, tiny_mnist_run):
+    from volscore.checkpoint import CHECKPOINT_NAME
+    from volscore.run import Run
+
+    start = Run.load(tiny_mnist_run).model.state_dict()  # the EMA weights
+    t = Trainer(_cfg(tmp_path / "ft", 1, init=str(tiny_mnist_run)), progress=False)
+    assert t.step == 0  # a new run: step, optimizer and generators start fresh
+    for k, v in _params(t.model).items():
+        assert torch.equal(v, start[k]), k
+    for k, v in _params(t.ema.module).items():
+        assert torch.equal(v, start[k]), f"ema.{k}"
+    recorded = {"init": str(tiny_mnist_run), "step": 2}
+    assert json.loads((tmp_path / "ft" / "config.json").read_text())["data"]["init_from"] == recorded
+    t.run()
+    state = load_checkpoint(tmp_path / "ft" / CHECKPOINT_NAME)
+    assert state["step"] == 1 and state["data"]["init_from"] == recorded
+    assert state["config"]["init"] == str(tiny_mnist_run)
+    resumed = Trainer(_cfg(tmp_path / "ft", 2, init=str(tiny_mnist_run)), resume=True, progress=False)
+    resumed.run()  # resuming continues the fine-tuned weights and keeps the record
+    assert load_checkpoint(tmp_path / "ft" / CHECKPOINT_NAME)["data"]["init_from"] == recorded
+
+
+@pytest.mark.reliability
+def test_init_from_another_model_is_refused_before_anything_is_written(tmp_path, tiny_run):
+    with pytest.raises(CheckpointError, match="different model.*spatial_dims"):
+        Trainer(_cfg(tmp_path / "ft", 1, init=str(tiny_run)), progress=False)
+    assert not (tmp_path / "ft").exists()
+
+
+@pytest.mark.reliability
+def test_train_out_on_a_foreign_folder_is_refused_before_anything_is_written(tmp_path, capsys):
+    from volscore.cli import main
+    from volscore.outputs import OutputError
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "holiday.jpg").write_bytes(b"jpg")
+    argv = ["train", "--data", "mnist", "--out", str(folder), "--steps", "1", "--preset", "tiny"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "not an empty folder or a volscore run" in err and "holiday.jpg" in err
+    with pytest.raises(OutputError, match="holiday.jpg"):
+        Trainer(_cfg(folder, 1), progress=False)
+    assert [p.name for p in folder.iterdir()] == ["holiday.jpg"]
+    assert (folder / "holiday.jpg").read_bytes() == b"jpg"

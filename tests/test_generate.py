@@ -1,0 +1,178 @@
+"""Tests for volscore/generate.py with the tiny runs (conftest): ``sample_run`` writes the right files per
+kind (grid PNG + NPY for 2D, NIfTI + montage for a 3D patch run, a shape folder), checks every output before
+sampling (the sampler is replaced by one that fails if called), records the network evaluations it made;
+``run_sigmas`` honours the sampler settings; samples are seeded per sample. Few levels, small shapes."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from phantoms import ZOOMS
+
+from volscore import generate
+from volscore.generate import describe_record, run_sigmas, sample_images, sample_run, sample_run_tensor
+from volscore.options import SampleOptions
+from volscore.outputs import OutputError
+from volscore.run import Run
+from volscore.sampling.settings import SamplerSettings
+from volscore.sampling.table import DEFAULT_KARRAS_STEPS
+
+FAST = SamplerSettings(sampler="heun", steps=3)  # 5 network evaluations per sample
+
+
+class Counting:
+    """A score model that counts its calls (one call = one network evaluation of the whole batch)."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, 0
+
+    def __call__(self, *args):
+        self.calls += 1
+        return self.model(*args)
+
+
+@pytest.fixture
+def no_sampling(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("sampled although an output was refused")
+
+    monkeypatch.setattr(generate, "sample_run_tensor", fail)
+
+
+def test_mnist_run_writes_a_grid_and_its_array(tmp_path, tiny_mnist_run):
+    record = sample_run(Run.load(tiny_mnist_run), SampleOptions(out=str(tmp_path / "grid"), n=3), FAST)
+    png, npy = tmp_path / "grid.png", tmp_path / "grid.npy"  # the suffix added
+    assert record["files"] == {"png": str(png), "npy": str(npy)}
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "grid.npy",
+        "grid.png",
+    ]
+    x = np.load(npy)
+    assert x.shape == (3, 1, 28, 28) and np.isfinite(x).all()
+    assert record["n"] == 3 and record["shape"] == [28, 28] and record["run"] == str(tiny_mnist_run)
+    assert "3 sample(s) (28, 28)" in describe_record(record) and str(png) in describe_record(record)
+
+
+def test_nifti_run_writes_a_volume_in_intensity_units_and_a_montage(tmp_path, tiny_run):
+    run = Run.load(tiny_run)
+    options = SampleOptions(out=str(tmp_path / "brain.nii.gz"), shape=[18, 17, 16], n=5, seed=2)
+    record = sample_run(run, options, FAST)
+    assert record["files"] == {"nii": str(tmp_path / "brain.nii.gz"), "png": str(tmp_path / "brain.png")}
+    assert record["n"] == 1  # one volume whatever n says
+    img = nib.load(tmp_path / "brain.nii.gz")
+    assert img.shape == (18, 17, 16) and img.get_data_dtype() == np.float32
+    np.testing.assert_allclose(img.header.get_zooms(), ZOOMS)  # the run's voxel size
+    model_units = sample_run_tensor(run, FAST, 1, [18, 17, 16], seed=2, progress=False)[0, 0].numpy()
+    scaler = run.scaler()
+    np.testing.assert_allclose(np.asarray(img.dataobj), scaler.inverse(model_units), rtol=1e-5, atol=1e-5)
+    assert (tmp_path / "brain.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_nifti_suffix_is_added_to_a_bare_name(tmp_path, tiny_run):
+    options = SampleOptions(out=str(tmp_path / "vol"), shape=[16, 16, 16])
+    record = sample_run(Run.load(tiny_run), options, FAST)
+    assert set(record["files"].values()) == {str(tmp_path / "vol.nii.gz"), str(tmp_path / "vol.png")}
+
+
+def test_shapes_run_writes_a_folder(tmp_path, tiny_shapes_run):
+    out = tmp_path / "shapes"
+    record = sample_run(Run.load(tiny_shapes_run), SampleOptions(out=str(out), n=2), FAST)
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["samples.npy", "shape_000.nii.gz", "shape_001.nii.gz", "shapes.png"]
+    assert set(record["files"]) == {"shape_000", "shape_001", "npy", "png"} and record["no_surface"] == []
+    samples = np.load(out / "samples.npy")
+    assert samples.shape == (2, 1, 16, 16, 16) and samples.min() >= 0 and samples.max() <= 1
+    assert "(+ shape_*.nii.gz)" in describe_record(record)
+    with pytest.raises(ValueError, match="folder"):
+        sample_run(Run.load(tiny_shapes_run), SampleOptions(out=str(tmp_path / "s.nii.gz"), n=2), FAST)
+
+
+@pytest.mark.reliability
+def test_existing_output_is_refused_before_sampling(tmp_path, tiny_mnist_run, tiny_run, no_sampling):
+    npy = tmp_path / "grid.npy"
+    npy.write_bytes(b"precious")  # the grid's array exists, the PNG does not
+    with pytest.raises(FileExistsError, match="--force"):
+        sample_run(Run.load(tiny_mnist_run), SampleOptions(out=str(tmp_path / "grid.png")), FAST)
+    assert npy.read_bytes() == b"precious" and not (tmp_path / "grid.png").exists()
+    montage = tmp_path / "vol.png"
+    montage.write_bytes(b"precious")
+    with pytest.raises(FileExistsError, match="vol.png"):
+        sample_run(Run.load(tiny_run), SampleOptions(out=str(tmp_path / "vol.nii.gz")), FAST)
+    (tmp_path / "dir.png").mkdir()
+    with pytest.raises(OutputError, match="is a folder"):
+        sample_run(Run.load(tiny_mnist_run), SampleOptions(out=str(tmp_path / "dir.png"), force=True), FAST)
+    assert montage.read_bytes() == b"precious" and not (tmp_path / "vol.nii.gz").exists()
+
+
+def test_existing_output_is_replaced_with_force(tmp_path, tiny_mnist_run):
+    (tmp_path / "grid.npy").write_bytes(b"old")
+    options = SampleOptions(out=str(tmp_path / "grid.png"), n=2, force=True)
+    sample_run(Run.load(tiny_mnist_run), options, FAST)
+    assert np.load(tmp_path / "grid.npy").shape == (2, 1, 28, 28)
+
+
+def test_bad_options_are_refused_before_sampling(tmp_path, tiny_mnist_run, no_sampling):
+    run = Run.load(tiny_mnist_run)
+    with pytest.raises(ValueError, match="--n"):
+        sample_run(run, SampleOptions(out=str(tmp_path / "g.png"), n=0), FAST)
+    with pytest.raises(ValueError, match="--steps"):
+        sample_run(run, SampleOptions(out=str(tmp_path / "g.png")), SamplerSettings(steps=1))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        SamplerSettings(sampler="heun", steps=3),
+        SamplerSettings(sampler="edm", steps=3),
+        SamplerSettings(sampler="dpm", steps=4),
+        SamplerSettings(sampler="annealed", steps=3, n_steps_each=2),
+        SamplerSettings(sampler="pc", steps=3, n_steps_each=1),
+    ],
+    ids=lambda s: s.sampler,
+)
+def test_record_counts_the_network_evaluations_made(tmp_path, tiny_mnist_run, settings):
+    run = Run.load(tiny_mnist_run)
+    run.model = counter = Counting(run.model)
+    record = sample_run(run, SampleOptions(out=str(tmp_path / "g.png"), n=2), settings)
+    assert record["levels"] == len(run_sigmas(run, settings)) == settings.steps
+    assert record["nfe"] == counter.calls  # one batch of 2: one call per evaluation
+    assert record["sampler"] == settings.sampler
+    assert f"{counter.calls} network evaluations" in describe_record(record)
+
+
+def test_run_sigmas_honours_the_settings(tiny_mnist_run):
+    run = Run.load(tiny_mnist_run)  # trained on sigma 0.01 .. 1.0, 10 levels
+    default = run_sigmas(run, SamplerSettings())  # heun: EDM's 18 levels over the run's range
+    assert len(default) == DEFAULT_KARRAS_STEPS
+    assert float(default[0]) == pytest.approx(1.0) and float(default[-1]) == pytest.approx(0.01)
+    langevin = run_sigmas(run, SamplerSettings(sampler="annealed"))  # the run's 10 geometric levels
+    assert len(langevin) == 10 and torch.allclose(langevin[1:] / langevin[:-1], langevin[1] / langevin[0])
+    own = run_sigmas(run, SamplerSettings(sampler="pc", steps=4, sigma_max=0.5, sigma_min=0.05))
+    expected = 0.5 * 0.1 ** (torch.arange(4, dtype=torch.float64) / 3)  # geometric: 0.5 .. 0.05
+    torch.testing.assert_close(own.double(), expected, rtol=1e-6, atol=0)
+    karras = run_sigmas(run, SamplerSettings(sampler="dpm", steps=5, sigma_max=0.8))
+    assert len(karras) == 5 and float(karras[0]) == pytest.approx(0.8)
+    assert float(karras[-1]) == pytest.approx(0.01)  # sigma_min not given: the run's
+    assert torch.all(karras[1:] < karras[:-1])
+
+
+def test_samples_are_seeded_per_sample_not_per_batch(tiny_mnist_run):
+    run = Run.load(tiny_mnist_run)
+    sigmas = run_sigmas(run, FAST)
+    kwargs = dict(settings=FAST, sigmas=sigmas, progress=False)
+    together = sample_images(run.model, 3, (1, 28, 28), seed=5, batch_size=3, **kwargs)
+    in_ones = sample_images(run.model, 3, (1, 28, 28), seed=5, batch_size=1, **kwargs)
+    torch.testing.assert_close(together, in_ones, atol=1e-5, rtol=1e-5)
+    later = sample_images(run.model, 2, (1, 28, 28), seed=6, batch_size=2, **kwargs)
+    torch.testing.assert_close(together[1:], later, atol=1e-5, rtol=1e-5)  # sample i has seed + i
+    assert not torch.allclose(together[0], together[1])
+
+
+def test_sample_run_tensor_refuses_a_shape_of_the_wrong_dimension(tiny_run, tiny_mnist_run):
+    with pytest.raises(ValueError, match="3 positive sizes"):
+        sample_run_tensor(Run.load(tiny_run), FAST, shape=[16, 16], progress=False)
+    with pytest.raises(ValueError, match="2 positive sizes"):
+        sample_run_tensor(Run.load(tiny_mnist_run), FAST, shape=[28, 28, 28], progress=False)

@@ -1,0 +1,146 @@
+"""Tests for volscore/options.py: every ``validate()`` refusal of the option records names its option, the
+defaults (with what each command requires) are valid, and each choice field's choices are its constant."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+
+from volscore.options import (
+    BACKGROUND_RULES,
+    DENOISE_CHAINS,
+    NOISE_MODELS,
+    SELF_SUPERVISED_OBJECTIVES,
+    BaselineOptions,
+    DemoOptions,
+    DenoiseOptions,
+    SampleOptions,
+)
+from volscore.sampling.settings import STITCH_MODES, SamplerSettings
+
+
+def test_defaults_are_valid():
+    SampleOptions(out="g.png").validate()
+    DenoiseOptions(run="runs/x").validate()
+    DenoiseOptions(self_supervised=True).validate()
+    DemoOptions().validate()
+    BaselineOptions().validate()
+    SamplerSettings().validate()
+
+
+def _refused(options, *names: str) -> str:
+    with pytest.raises(ValueError) as info:
+        options.validate()
+    message = str(info.value)
+    for name in names:
+        assert name in message, message
+    return message
+
+
+@pytest.mark.parametrize(
+    "changes, option",
+    [
+        ({"n": 0}, "--n"),
+        ({"tile_batch": 0}, "--tile-batch"),
+        ({"stitch": "sliding"}, "stitch"),
+        ({"shape": [16]}, "--shape"),
+        ({"shape": [16, 16, 16, 16]}, "--shape"),
+        ({"shape": [16, 0, 16]}, "--shape"),
+    ],
+)
+def test_sample_options_refusals_name_the_option(changes, option):
+    _refused(SampleOptions(out="g.png", **changes), option)
+
+
+@pytest.mark.parametrize(
+    "changes, option",
+    [
+        ({"run": None}, "--run"),  # neither a run nor --self-supervised
+        ({"self_supervised": True}, "--self-supervised"),  # both
+        ({"sigma": "loud"}, "--sigma"),
+        ({"sigma": "-0.1"}, "--sigma"),
+        ({"sigma": "nan"}, "--sigma"),
+        ({"sigma": "inf"}, "--sigma"),
+        ({"noise": "poisson"}, "noise"),
+        ({"sampler": "euler"}, "sampler"),
+        ({"objective": "ssm"}, "objective"),
+        ({"stitch": "sliding"}, "stitch"),
+        ({"background": "zero"}, "background"),
+        ({"steps": -1}, "--steps"),
+        ({"chains": 0}, "--chains"),
+        ({"tile_batch": 0}, "--tile-batch"),
+        ({"minutes": 0.0}, "--minutes"),
+        ({"minutes": math.inf}, "--minutes"),
+    ],
+)
+def test_denoise_options_refusals_name_the_option(changes, option):
+    _refused(DenoiseOptions(**{"run": "runs/x", **changes}), option)
+
+
+def test_self_supervised_denoising_refuses_an_annealed_chain():
+    _refused(DenoiseOptions(self_supervised=True, steps=3), "steps=0")
+
+
+def test_denoise_sigma_value():
+    assert DenoiseOptions(run="r").sigma_value is None
+    assert DenoiseOptions(run="r", sigma="0.05").sigma_value == 0.05
+
+
+@pytest.mark.parametrize(
+    "options, option",
+    [
+        (DemoOptions(minutes=0.0), "--minutes"),
+        (DemoOptions(minutes=math.nan), "--minutes"),
+        (DemoOptions(spacing=-3.0), "--spacing"),
+        (DemoOptions(spacing=math.inf), "--spacing"),
+        (DemoOptions(patch_size=0), "--patch-size"),
+        (BaselineOptions(minutes=math.inf), "--minutes"),
+        (BaselineOptions(lr=0.0), "--lr"),
+        (BaselineOptions(lr=math.nan), "--lr"),
+        (BaselineOptions(n=1), "--n"),
+    ],
+)
+def test_recipe_options_refusals_name_the_option(options, option):
+    _refused(options, option)
+
+
+@pytest.mark.parametrize(
+    "changes, option",
+    [
+        ({"sampler": "ddim"}, "sampler"),
+        ({"steps": 1}, "--steps"),
+        ({"n_steps_each": 0, "sampler": "annealed"}, "--n-steps-each"),
+        ({"n_steps_each": -1, "sampler": "pc"}, "--n-steps-each"),
+        ({"sigma_max": math.nan}, "--sigma-max"),
+        ({"sigma_min": 0.0}, "--sigma-min"),
+        ({"sigma_max": 1.0, "sigma_min": 2.0}, "--sigma-max"),
+        ({"step_lr": -1.0}, "--step-lr"),
+        ({"step_lr_scale": 0.0}, "--step-lr-scale"),
+        ({"rho": math.inf}, "--rho"),
+        ({"snr": 0.0}, "--snr"),
+        ({"s_noise": 0.0}, "--s-noise"),
+        ({"s_churn": -1.0}, "--s-churn"),
+        ({"s_tmin": math.nan}, "--s-tmin"),
+        ({"s_tmax": -1.0}, "--s-tmax"),
+    ],
+)
+def test_sampler_settings_refusals_name_the_option(changes, option):
+    _refused(SamplerSettings(**changes), option)
+
+
+@pytest.mark.parametrize(
+    "cls, name, allowed",
+    [
+        (SampleOptions, "stitch", STITCH_MODES),
+        (DenoiseOptions, "noise", NOISE_MODELS),
+        (DenoiseOptions, "sampler", DENOISE_CHAINS),
+        (DenoiseOptions, "objective", SELF_SUPERVISED_OBJECTIVES),
+        (DenoiseOptions, "stitch", STITCH_MODES),
+        (DenoiseOptions, "background", BACKGROUND_RULES),
+    ],
+)
+def test_choice_fields_offer_their_constant(cls, name, allowed):
+    field = {f.name: f for f in dataclasses.fields(cls)}[name]
+    assert tuple(field.metadata["choices"]) == allowed and field.default in allowed
