@@ -55,9 +55,14 @@ def main(argv: list[str] | None = None) -> dict:
         help="x NCSNv2's technique-4 step; 3 was chosen by FD against the TRAIN split (1, 3, 10, 30 tried)",
     )
     p.add_argument("--parallel", action="store_true", help="train all objectives at once, one thread each")
-    harness.add_common_flags(p, threads=None, threads_help="torch threads for sampling and, without "
-                             "--parallel, training (default: the available cores)", json_flag=False,
-                             out="runs/bench2d", out_help="folder of the runs")  # fmt: skip
+    harness.add_common_flags(
+        p,
+        threads=None,
+        threads_help="torch threads for sampling and, without --parallel, training (default: as the CLI)",
+        json_flag=False,
+        out="runs/bench2d",
+        out_help="folder of the runs",
+    )
     p.add_argument("--results", default="scripts/results", help="where the grids and JSON for the README go")
     p.add_argument("--skip-train", action="store_true", help="reuse existing runs in --out")
     args = p.parse_args(argv)

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     harness.add_common_flags(
         p,
         threads=None,
-        threads_help="torch threads (default: the available cores)",
+        threads_help="torch threads (default: volscore.machine.set_threads(None), as the CLI)",
         json_flag=False,
         out="runs/bench_denoise",
         out_help="folder of the run and volumes",

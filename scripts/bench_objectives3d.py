@@ -7,7 +7,7 @@ table reports medians.
 
     python scripts/bench_objectives3d.py --threads 1 --json bench_objectives3d.json
 
-``--quick`` runs a smoke version (tests/test_bench_volumes3d.py). Part (d) of ``bench_volumes3d.py``.
+``--quick`` runs a smoke version (tests/test_bench_objectives3d.py). Part (d) of ``bench_volumes3d.py``.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ Montages go to ``--results-dir``.
 
     python scripts/bench_seams.py --threads 1 --json bench_seams.json
 
-``--quick`` runs a smoke version (tests/test_bench_volumes3d.py). Part (c) of ``bench_volumes3d.py``.
+``--quick`` runs a smoke version (tests/test_bench_seams.py). Part (c) of ``bench_volumes3d.py``.
 """
 
 from __future__ import annotations

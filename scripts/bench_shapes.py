@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
     harness.add_common_flags(
         p,
         threads=None,
-        threads_help="threads of each training and sampling child without --parallel (default: all cores)",
+        threads_help="threads of each training and sampling child without --parallel (default: as the CLI)",
         json_flag=False,
         out="runs/bench_shapes",
         out_help="folder of the runs, samples and logs",

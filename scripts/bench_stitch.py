@@ -10,7 +10,7 @@ heap, so RSS grows step by step. One child process per row; peak RSS is its own 
 
     python scripts/bench_stitch.py --threads 1 --json bench_stitch.json
 
-``--quick`` runs a smoke version (tests/test_bench_volumes3d.py). Part (b) of ``bench_volumes3d.py``.
+``--quick`` runs a smoke version (tests/test_bench_stitch.py). Part (b) of ``bench_volumes3d.py``.
 """
 
 from __future__ import annotations

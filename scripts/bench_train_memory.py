@@ -10,7 +10,7 @@ that default path. Peak RSS is each child's own (VmHWM), one measurement per chi
 
     python scripts/bench_train_memory.py --threads 1 --json bench_train_memory.json
 
-``--quick`` runs a smoke version (tests/test_bench_volumes3d.py). Part (a) of ``bench_volumes3d.py``.
+``--quick`` runs a smoke version (tests/test_bench_train_memory.py). Part (a) of ``bench_volumes3d.py``.
 """
 
 from __future__ import annotations

@@ -195,7 +195,7 @@ def add_common_flags(
 
 @contextlib.contextmanager
 def using_threads(threads: int | None) -> Iterator[int]:
-    """torch's intra-op threads set to ``threads`` (None: the available cores) and restored afterwards:
+    """torch's intra-op threads set to ``threads`` (None: ``set_threads``'s default) and restored afterwards:
     ``main()`` may run inside another process (the smoke tests)."""
     import torch
 
@@ -347,10 +347,10 @@ def start_child(
     name: str | None = None,
     **kwargs: Any,
 ) -> Child:
-    """Run ``fn(*args, **kwargs)`` in a fresh interpreter with ``threads`` torch threads (None: the available
-    cores) and ``env`` added to its environment; its stdout and stderr go to ``log`` if given
-    (``os.devnull`` to silence it). ``fn`` must be a module-level function; arguments and result are pickled.
-    """
+    """Run ``fn(*args, **kwargs)`` in a fresh interpreter with ``threads`` torch threads (None:
+    ``volscore.machine.set_threads``'s default) and ``env`` added to its environment; its stdout and stderr
+    go to ``log`` if given (``os.devnull`` to silence it). ``fn`` must be a module-level function; arguments
+    and result are pickled."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
