@@ -4,8 +4,9 @@ Reproduce the README's table (about 2 x MINUTES of wall-clock with --parallel, p
 
     .venv/bin/python scripts/bench_baseline2d.py --minutes 30 --parallel --out runs/bench2d
 
-With --parallel the two trainings run at the same time, one CPU thread each, so both get the same
-wall-clock and the same compute; otherwise they run one after the other with all threads.
+Each objective trains with the ``volscore baseline`` recipe's settings (``volscore.recipes.baseline_config``)
+in its own child process. With --parallel the two trainings run at the same time, one CPU thread each, so
+both get the same wall-clock and the same compute; otherwise they run one after the other with all threads.
 Each run is sampled with the same annealed Langevin schedule (the run's geometric sigmas, 3 steps per
 level, 3x NCSNv2's technique-4 step size: with only 3 steps per level the larger step mixes better; the
 factor was chosen on a trained DSM model by the Frechet distance to the TRAINING split, never the test
@@ -17,20 +18,25 @@ floor and ceiling, nearest-training-image distance).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/: the harness and sibling benches
+import harness  # noqa: E402
 
-def _train_cmd(objective: str, out: Path, minutes: float, args: argparse.Namespace) -> list[str]:
+
+def train_configs(runs: dict[str, Path], args: argparse.Namespace) -> list:
+    """The ``volscore baseline`` recipe's training run (``baseline_config``) for each objective."""
+    from volscore.options import BaselineOptions
+    from volscore.recipes import baseline_config
+
     return [
-        sys.executable, "-m", "volscore", "train", "--data", "mnist", "--out", str(out),
-        "--objective", objective, "--minutes", str(minutes), "--preset", args.preset,
-        "--lr", str(args.lr), "--seed", str(args.seed),
+        baseline_config(BaselineOptions(out=str(run), minutes=args.minutes, objective=obj, preset=args.preset,
+                                        lr=args.lr, seed=args.seed))
+        for obj, run in runs.items()
     ]  # fmt: skip
 
 
@@ -49,90 +55,93 @@ def main(argv: list[str] | None = None) -> dict:
         help="x NCSNv2's technique-4 step; 3 was chosen by FD against the TRAIN split (1, 3, 10, 30 tried)",
     )
     p.add_argument("--parallel", action="store_true", help="train all objectives at once, one thread each")
-    p.add_argument("--out", default="runs/bench2d")
+    harness.add_common_flags(
+        p,
+        threads=None,
+        threads_help="torch threads for sampling and, without --parallel, training (default: as the CLI)",
+        json_flag=False,
+        out="runs/bench2d",
+        out_help="folder of the runs",
+    )
     p.add_argument("--results", default="scripts/results", help="where the grids and JSON for the README go")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-train", action="store_true", help="reuse existing runs in --out")
     args = p.parse_args(argv)
 
-    import torch
-
-    from volscore.cli import evaluate_mnist, format_mnist_metrics
-    from volscore.generate import load_run, sample_images, sampling_schedule
-    from volscore.machine import cpu_name
+    from volscore.generate import run_sigmas, sample_run_tensor, write_npy
+    from volscore.metrics.mnist import evaluate_mnist_file, format_mnist_metrics
     from volscore.plots import save_image_grid
+    from volscore.run import Run
+    from volscore.sampling.settings import SamplerSettings
+    from volscore.sampling.table import annealed_step_lr
 
     out = Path(args.out)
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     runs = {obj: out / obj for obj in args.objectives}
+    machine = harness.machine_info(args.threads)
     if not args.skip_train:
         for run in runs.values():
             shutil.rmtree(run, ignore_errors=True)
-        env = dict(os.environ)
-        if args.parallel:
-            env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-            procs = [
-                subprocess.Popen(_train_cmd(o, r, args.minutes, args), env=env, stderr=subprocess.DEVNULL)
-                for o, r in runs.items()
-            ]
-            codes = [proc.wait() for proc in procs]
-        else:
-            codes = [
-                subprocess.call(_train_cmd(o, r, args.minutes, args), env=env, stderr=subprocess.DEVNULL)
-                for o, r in runs.items()
-            ]
-        if any(codes):
-            raise SystemExit(f"training failed with exit codes {codes}")
+        # In parallel: one thread each, the same wall-clock and compute for both; else all threads each.
+        threads = 1 if args.parallel else args.threads
+        records = harness.train_in_children(
+            train_configs(runs, args), args.parallel, threads, [os.devnull] * len(runs)
+        )
+        for obj, rec in zip(runs, records, strict=True):
+            print(f"{obj}: trained {rec['step']} steps in {rec['seconds']:.0f} s")
 
     report: dict = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "date": machine["date"],
         "minutes": args.minutes,
         "parallel": args.parallel,
         "runs": {},
     }
-    for obj, run in runs.items():
-        model, state = load_run(run)
-        sigmas, step_lr = sampling_schedule(state["config"], None, args.n_steps_each)
-        step_lr *= args.step_lr_scale
-        t0 = time.monotonic()
-        x = sample_images(model, args.n, (1, 28, 28), sigmas, args.n_steps_each, step_lr, seed=args.seed)
-        seconds = time.monotonic() - t0
-        npy = run / "samples.npy"
-        import numpy as np
+    # Every run sampled the same way: annealed Langevin on the run's own levels, the README's constants.
+    settings = SamplerSettings(
+        sampler="annealed", n_steps_each=args.n_steps_each, step_lr_scale=args.step_lr_scale
+    )
+    with harness.using_threads(args.threads):
+        for obj, run_dir in runs.items():
+            run = Run.load(run_dir)
+            sigmas = run_sigmas(run, settings)
+            t0 = time.monotonic()
+            x = sample_run_tensor(run, settings, args.n, seed=args.seed)
+            seconds = time.monotonic() - t0
+            npy = run_dir / "samples.npy"
+            write_npy(npy, x.numpy())
+            save_image_grid(x[:64].clamp(0, 1), results / f"mnist_{obj}.png", nrow=8)
+            m = evaluate_mnist_file(npy)
+            m.update(
+                steps=run.step,
+                samples_per_second=args.n / seconds,
+                levels=len(sigmas),
+                n_steps_each=args.n_steps_each,
+                step_lr=annealed_step_lr(settings, sigmas),
+            )
+            report["runs"][obj] = m
+            print(f"== {obj}: {run.step} steps\n{format_mnist_metrics(m)}\n{args.n / seconds:.2f} samples/s")
 
-        np.save(npy, x.numpy())
-        save_image_grid(x[:64].clamp(0, 1), results / f"mnist_{obj}.png", nrow=8)
-        m = evaluate_mnist(npy)
-        m.update(
-            steps=int(state["step"]),
-            samples_per_second=args.n / seconds,
-            levels=len(sigmas),
-            n_steps_each=args.n_steps_each,
-            step_lr=step_lr,
-        )
-        report["runs"][obj] = m
-        print(f"== {obj}: {state['step']} steps\n{format_mnist_metrics(m)}\n{args.n / seconds:.2f} samples/s")
-
-    (results / "bench_baseline2d.json").write_text(json.dumps(report, indent=2) + "\n")
+    harness.finish(machine)
+    report["machine"] = harness.machine_summary(machine)
+    report["load"] = {"start": machine["loadavg"], "end": machine["loadavg_end"]}
+    harness.write_json(results / "bench_baseline2d.json", report)
     print(
         f"\n{report['date']}, {report['machine']}, {args.minutes} min per objective"
-        f"{' (parallel, 1 thread each)' if args.parallel else ''}\n"
+        f"{' (parallel, 1 thread each)' if args.parallel else ''}; load average "
+        f"{harness.load_text(machine)}\n"
     )
-    print(
-        "| objective | steps | confident >= 0.9 | class range | FD (floor / ceiling) "
-        "| NN-train / test-NN-train | samples/s |"
-    )
-    print("|---|---|---|---|---|---|---|")
+    rows = []
     for obj, m in report["runs"].items():
         h = m["class_histogram"]
-        print(
-            f"| {obj} | {m['steps']} | {100 * m['confident_fraction']:.1f} % "
-            f"| {100 * min(h):.1f}-{100 * max(h):.1f} % "
-            f"| {m['fd']:.1f} ({m['fd_floor']:.1f} / {m['fd_ceiling']:.1f}) "
-            f"| {m['nn_train_mean']:.2f} / {m['test_nn_train_mean']:.2f} | {m['samples_per_second']:.2f} |"
-        )
+        rows.append([
+            obj, m["steps"], f"{100 * m['confident_fraction']:.1f} %",
+            f"{100 * min(h):.1f}-{100 * max(h):.1f} %",
+            f"{m['fd']:.1f} ({m['fd_floor']:.1f} / {m['fd_ceiling']:.1f})",
+            f"{m['nn_train_mean']:.2f} / {m['test_nn_train_mean']:.2f}", f"{m['samples_per_second']:.2f}",
+        ])  # fmt: skip
+    header = ["objective", "steps", "confident >= 0.9", "class range", "FD (floor / ceiling)",
+              "NN-train / test-NN-train", "samples/s"]  # fmt: skip
+    print(harness.markdown_table(header, rows, "l" * len(header)))
     return report
 
 

@@ -27,26 +27,39 @@ Protocol
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/: the harness and sibling benches
+import harness  # noqa: E402
 
 CROP = (slice(51, 147), slice(120, 216), slice(37, 133))
 SETTINGS = (("gaussian", 0.05), ("gaussian", 0.10), ("rician", 0.05))
 GAUSS_WIDTHS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 
 
-def _train(run: Path, minutes: float, seed: int, sigma_range: tuple[float, float]) -> None:
-    cmd = [
-        sys.executable, "-m", "volscore", "train", "--data", "mni152", "--out", str(run),
-        "--objective", "dsm", "--patch-size", "32", "--preset", "small", "--minutes", str(minutes),
-        "--sigma-min", str(sigma_range[0]), "--sigma-max", str(sigma_range[1]), "--seed", str(seed),
-    ]  # fmt: skip
-    subprocess.run(cmd, check=True, stderr=subprocess.DEVNULL)
+def _train(
+    run: Path, minutes: float, seed: int, sigma_range: tuple[float, float], threads: int | None
+) -> None:
+    """DSM on the template's training region (y < 120), in a child process."""
+    from volscore.config import TrainConfig
+
+    cfg = TrainConfig(
+        data=["mni152"],
+        out=str(run),
+        objective="dsm",
+        patch_size=32,
+        preset="small",
+        minutes=minutes,
+        sigma_min=sigma_range[0],
+        sigma_max=sigma_range[1],
+        seed=seed,
+    )
+    (rec,) = harness.train_in_children([cfg], threads=threads, logs=[os.devnull])
+    print(f"trained {rec['step']} steps in {rec['seconds']:.0f} s into {run}", flush=True)
 
 
 def _record(
@@ -70,7 +83,14 @@ def _cell(row: dict[str, Any] | None) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="runs/bench_denoise")
+    harness.add_common_flags(
+        p,
+        threads=None,
+        threads_help="torch threads (default: volscore.machine.set_threads(None), as the CLI)",
+        json_flag=False,
+        out="runs/bench_denoise",
+        out_help="folder of the run and volumes",
+    )
     p.add_argument("--run", help="reuse this trained run instead of training one")
     p.add_argument("--train-minutes", type=float, default=30.0)
     p.add_argument(
@@ -85,9 +105,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--steps", type=int, default=10, help="levels of the refined chain")
     p.add_argument("--skip", nargs="*", default=[], help="methods to leave out, e.g. bm4d nlmeans selfsup")
     p.add_argument("--results", default="scripts/results")
-    p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    with harness.using_threads(args.threads):
+        return bench(args)
 
+
+def bench(args: argparse.Namespace) -> dict[str, Any]:
     import nibabel as nib
     import numpy as np
     from scipy import ndimage
@@ -95,10 +118,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from volscore.corrupt import add_noise, reference_level
     from volscore.data.nifti import resolve_paths
     from volscore.denoise import denoise_file, estimate_sigma, estimate_sigma_rician, foreground_mask
-    from volscore.generate import load_run
-    from volscore.machine import describe
     from volscore.metrics import psnr, ssim
+    from volscore.options import DenoiseOptions
     from volscore.plots import save_slices
+    from volscore.run import Run
 
     out, results = Path(args.out), Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
@@ -110,9 +133,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     crop_img = img.slicer[CROP]  # keeps the affine of the crop
     clean = np.asarray(crop_img.dataobj, dtype=np.float32)
 
+    machine = harness.machine_info()
     report: dict[str, Any] = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": describe(),
+        "date": machine["date"],
+        "machine": machine,
         "crop": [[s.start, s.stop] for s in CROP],
         "reference_level": r,
         "settings": {},
@@ -121,10 +145,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.run:
         t = time.perf_counter()
         if not (run / "checkpoint.pt").exists():
-            _train(run, args.train_minutes, args.seed, tuple(args.train_sigmas))
+            _train(run, args.train_minutes, args.seed, tuple(args.train_sigmas), args.threads)
         report["train_seconds"] = time.perf_counter() - t
-    loaded = load_run(run)
-    report["train_steps"] = int(loaded[1]["step"])
+    loaded = Run.load(run)
+    report["train_steps"] = loaded.step
 
     def score(x: np.ndarray) -> dict[str, float]:
         return {"psnr": psnr(x, clean, r), "ssim": ssim(x, clean, r)}
@@ -169,17 +193,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         for method, steps in (("volscore Tweedie", 0), (f"volscore refined ({args.steps})", args.steps)):
             dst = out / f"{method.split()[1]}_{noise}_{fraction:.2f}.nii.gz"
-            rec = denoise_file(noisy_path, dst, run=loaded, sigma=sigma, noise=noise, steps=steps,
-                               seed=args.seed, force=True)  # fmt: skip
+            options = DenoiseOptions(run=str(run), sigma=str(sigma), noise=noise, steps=steps, seed=args.seed)
+            rec = denoise_file(noisy_path, dst, options, run=loaded, force=True)
             x = np.asarray(nib.load(dst).dataobj, dtype=np.float32)
             add(method, x, rec["timings"]["denoise"])
 
         if "selfsup" not in args.skip and (noise, fraction) == ("gaussian", 0.05):
             for objective in ("ssm-vr", "dsm"):
                 dst = out / f"selfsup_{objective}_{noise}_{fraction:.2f}.nii.gz"
-                rec = denoise_file(noisy_path, dst, self_supervised=True, minutes=args.fit_minutes,
-                                   objective=objective, sigma=sigma, noise=noise, seed=args.seed,
-                                   force=True)  # fmt: skip
+                options = DenoiseOptions(self_supervised=True, minutes=args.fit_minutes, objective=objective,
+                                         sigma=str(sigma), noise=noise, seed=args.seed)  # fmt: skip
+                rec = denoise_file(noisy_path, dst, options, force=True)
                 x = np.asarray(nib.load(dst).dataobj, dtype=np.float32)
                 add(f"volscore self-sup. {objective}", x, rec["timings"]["denoise"],
                     fit_seconds=rec["timings"]["fit"], fit_steps=rec["model"]["step"])  # fmt: skip
@@ -188,19 +212,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         png = results / f"denoise_{noise}_{round(100 * fraction):02d}.png"
         save_slices(pictures, png, axis=2, vmin=0.0, vmax=r)
 
-    (results / "bench_denoise.json").write_text(json.dumps(report, indent=2) + "\n")
-    m = report["machine"]
-    print(
-        f"\n{report['date']}, {m['cpu']}, {m['logical_cpus']} cores, torch {m['torch']}, "
-        f"load {m['loadavg']:.2f}; model trained {report['train_steps']} steps\n"
-    )
+    harness.finish(machine)
+    harness.write_json(results / "bench_denoise.json", report)
+    print(f"\n{harness.header_line(machine)} Model trained {report['train_steps']} steps.\n")
     names = list(report["settings"])
-    print("| method | " + " | ".join(f"{n}: PSNR / SSIM / s" for n in names) + " |")
-    print("|---|" + "---|" * len(names))
     methods = list(dict.fromkeys(m for s in report["settings"].values() for m in s["methods"]))
-    for m in methods:
-        cells = [_cell(report["settings"][n]["methods"].get(m)) for n in names]
-        print(f"| {m} | " + " | ".join(cells) + " |")
+    rows = [[m] + [_cell(report["settings"][n]["methods"].get(m)) for n in names] for m in methods]
+    header = ["method"] + [f"{n}: PSNR / SSIM / s" for n in names]
+    print(harness.markdown_table(header, rows, "l" * len(header)))
     return report
 
 

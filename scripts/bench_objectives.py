@@ -24,7 +24,6 @@ exact ISM on the 16-d Gaussian is about half of it, and ``--steps`` scales the q
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -35,9 +34,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from volscore.machine import describe
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/: the harness and sibling benches
+import harness  # noqa: E402
 
 from volscore.densities import Gaussian, GaussianMixture  # noqa: E402
 from volscore.objectives import dsm_loss, esm_loss, ism_loss, ssm_loss  # noqa: E402
@@ -182,8 +180,7 @@ def time_steps(
 
 
 def quality_table(results: dict[str, dict[str, dict[str, float]]], densities: Sequence[str]) -> str:
-    head = "| objective | target density | " + " | ".join(densities) + " |"
-    lines = [head, "| --- | --- |" + " ---: |" * len(densities)]
+    rows = []
     for obj in QUALITY_OBJECTIVES:
         cells = []
         for dens in densities:
@@ -193,30 +190,29 @@ def quality_table(results: dict[str, dict[str, dict[str, float]]], densities: Se
                 continue
             mark = " ✗" if obj in ("DSM", "SSM", "SSM-VR") and r["rel_fisher"] > TARGET else ""
             cells.append(f"{100 * r['rel_fisher']:.2f} ± {100 * r['se']:.2f} %{mark}")
-        lines.append(f"| {obj} | {'p_sigma' if obj == 'DSM' else 'p'} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append([obj, "p_sigma" if obj == "DSM" else "p", *cells])
+    return harness.markdown_table(
+        ["objective", "target density", *densities], rows, "ll" + "r" * len(densities)
+    )
 
 
 def training_time_table(results: dict[str, dict[str, dict[str, float]]], densities: Sequence[str]) -> str:
-    lines = ["| objective | " + " | ".join(densities) + " |", "| --- |" + " ---: |" * len(densities)]
-    for obj in QUALITY_OBJECTIVES:
-        cells = [f"{results[d][obj]['train_s']:.1f} s" if obj in results[d] else "-" for d in densities]
-        lines.append(f"| {obj} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    rows = [
+        [obj] + [f"{results[d][obj]['train_s']:.1f} s" if obj in results[d] else "-" for d in densities]
+        for obj in QUALITY_OBJECTIVES
+    ]
+    return harness.markdown_table(["objective", *densities], rows)
 
 
 def cost_table(cost: dict[int, dict[str, dict[str, float]]]) -> str:
     objs = list(next(iter(cost.values())))
-    lines = [
-        "| d | " + " | ".join(f"{o} ms" for o in objs) + " | ISM / SSM | SSM / DSM |",
-        "| ---: |" + " ---: |" * (len(objs) + 2),
-    ]
+    rows = []
     for d, row in cost.items():
-        cells = [f"{row[o]['ms']:.2f}" for o in objs]
         ism = row["ISM"]["ms"] / row["SSM"]["ms"]
         ssm = row["SSM"]["ms"] / row["DSM"]["ms"]
-        lines.append(f"| {d} | " + " | ".join(cells) + f" | {ism:.1f}x | {ssm:.1f}x |")
-    return "\n".join(lines)
+        rows.append([d, *(f"{row[o]['ms']:.2f}" for o in objs), f"{ism:.1f}x", f"{ssm:.1f}x"])
+    header = ["d", *(f"{o} ms" for o in objs), "ISM / SSM", "SSM / DSM"]
+    return harness.markdown_table(header, rows, "r" * len(header))
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -235,19 +231,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--cost-batch", type=int, default=128, help="batch for the cost table")
     p.add_argument("--repeats", type=int, default=50, help="timed steps per objective and d (at most)")
     p.add_argument("--max-seconds", type=float, default=6.0, help="timing budget per objective and d")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch.set_num_threads; 1 because these matmuls are too small for intra-op threads to pay, "
-        "and on a shared CPU the extra OpenMP threads stall (up to 50x slower steps seen with 2)",
+    harness.add_common_flags(
+        p,
+        threads=1,
+        threads_help="torch.set_num_threads; 1 because these matmuls are too small for intra-op threads to "
+        "pay, and on a shared CPU the extra OpenMP threads stall (up to 50x slower steps seen with 2)",
+        seed_help="seed for model init and training data",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed for model init and training data")
     p.add_argument("--eval-seed", type=int, default=12345, help="seed of the held-out samples")
     p.add_argument("--skip-quality", action="store_true")
     p.add_argument("--skip-cost", action="store_true")
     p.add_argument("--quick", action="store_true", help="tiny budget: a smoke test, not a measurement")
-    p.add_argument("--json", type=Path, default=None, help="write the raw numbers here")
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.batch, args.eval_samples = 20, 32, 500
@@ -259,18 +253,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None, log: Callable[[str], None] = print) -> dict:
     args = parse_args(argv)
-    threads_before = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
-        return _run(args, log)
-    finally:
-        torch.set_num_threads(threads_before)  # main() may run inside another process (the smoke test)
+    return harness.run_bench(
+        "bench_objectives", args, lambda _: measure(args, log), lambda out: report(out, args, log), log
+    )
 
 
-def _run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
-    out: dict = {"machine": describe(), "args": {k: str(v) for k, v in vars(args).items()}}
-    t_start = time.perf_counter()
-
+def measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
+    out: dict = {}
     if not args.skip_quality:
         densities = {"2-D mixture": mixture_2d(), "16-d Gaussian": anisotropic_gaussian(16, seed=args.seed)}
         quality: dict[str, dict[str, dict[str, float]]] = {}
@@ -294,13 +283,10 @@ def _run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
             )
             log(f"  d={d:4d} " + "  ".join(f"{k} {v['ms']:.2f} ms" for k, v in cost[d].items()))
         out["cost"] = cost
-    out["seconds"] = time.perf_counter() - t_start
+    return out
 
-    m = out["machine"]
-    log(
-        f"\nMachine: {m['cpu']} ({m['logical_cpus']} logical CPUs), torch {m['torch']}, "
-        f"{m['threads']} threads, Python {m['python']}, {m['date']}; total {out['seconds']:.0f} s.\n"
-    )
+
+def report(out: dict, args: argparse.Namespace, log: Callable[[str], None]) -> None:
     if "quality" in out:
         names = list(out["quality"])
         log(
@@ -316,10 +302,6 @@ def _run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
             f"MLP d-128-128-128-d, median of round-robin timings:\n"
         )
         log(cost_table(out["cost"]) + "\n")
-    if args.json is not None:
-        args.json.write_text(json.dumps(out, indent=2))
-        log(f"raw numbers written to {args.json}")
-    return out
 
 
 if __name__ == "__main__":

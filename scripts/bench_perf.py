@@ -22,12 +22,15 @@ of a few large 3x3x3 convolutions (64 -> 64 channels at 32^3, batch 4, forward o
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/: the harness and sibling benches
+import harness  # noqa: E402
 
 PATCH, BATCH = 32, 4
 
@@ -164,17 +167,14 @@ def _conv_peak(dtype: str, repeats: int = 5) -> float:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--threads", type=int, default=2)
+    harness.add_common_flags(p, threads=2, seed=False)
     p.add_argument("--steps", type=int, default=8, help="timed steps per model, dtype and round")
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
+    return harness.run_bench("bench_perf", args, lambda _: measure(args), report)
 
-    import torch
 
-    from volscore.machine import describe
-
-    torch.set_num_threads(args.threads)
+def measure(args: argparse.Namespace) -> dict[str, Any]:
     vs_model, vs_dsm = _volscore_step("dsm")
     monai_model, channels = _matched_monai(_count(vs_model))
     steps: dict[str, Callable[[], None]] = {
@@ -186,12 +186,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "volscore DSM compiled": _volscore_step("dsm", compile=True)[1],
     }
     same_flops = {"volscore DSM channels-last": "volscore DSM", "volscore DSM compiled": "volscore DSM"}
-    report: dict[str, Any] = {
-        "machine": describe(args.threads),
+    result: dict[str, Any] = {
         "params": {"volscore": _count(vs_model), "monai": _count(monai_model), "monai_channels": channels},
         "results": {},
     }
-    n = report["params"]
+    n = result["params"]
     print(f"parameters: volscore {n['volscore']:,}, MONAI {n['monai']:,} (channels {channels})")
     for dtype in ("fp32", "bf16"):
         peak = _conv_peak(dtype)
@@ -205,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             sec = statistics.median(times[name])
             # The counter sees no ops inside a compiled graph: the variants do the plain step's FLOPs.
             flops = (
-                report["results"][f"{same_flops[name]} {dtype}"]["flops_per_step"]
+                result["results"][f"{same_flops[name]} {dtype}"]["flops_per_step"]
                 if name in same_flops
                 else _flops(step, dtype)
             )
@@ -216,7 +215,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "flops_per_s": None if flops is None else flops / sec,
                 "fraction_of_conv_peak": None if flops is None else flops / sec / peak,
             }
-            report["results"][f"{name} {dtype}"] = row
+            result["results"][f"{name} {dtype}"] = row
             counted = (
                 "FLOPs not countable"
                 if flops is None
@@ -225,10 +224,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
             speed = f"{sec:7.3f} s/step  {BATCH * PATCH**3 / sec / 1e3:7.1f} k voxels/s"
             print(f"{dtype} {name:<26} {speed}  {counted}", flush=True)
-        report["results"][f"conv3d peak {dtype}"] = {"flops_per_s": peak}
-    r = report["results"]
+        result["results"][f"conv3d peak {dtype}"] = {"flops_per_s": peak}
+    return result
+
+
+def report(out: dict[str, Any]) -> None:
+    r = out["results"]
+    names = [k.removesuffix(" fp32") for k in r if k.endswith(" fp32") and not k.startswith("conv3d")]
     for dtype in ("fp32", "bf16"):
-        sec = {name: r[f"{name} {dtype}"]["sec_per_step"] for name in steps}
+        sec = {name: r[f"{name} {dtype}"]["sec_per_step"] for name in names}
         dsm = sec["volscore DSM"]
         print(
             f"{dtype}: volscore / MONAI voxels/s {sec['MONAI DiffusionModelUNet'] / dsm:.2f}x; "
@@ -237,9 +241,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"channels-last / plain {dsm / sec['volscore DSM channels-last']:.2f}x speed; "
             f"compiled / plain {dsm / sec['volscore DSM compiled']:.2f}x speed"
         )
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return report
 
 
 if __name__ == "__main__":

@@ -5,10 +5,11 @@ sampling and scoring per kind):
 
     .venv/bin/python scripts/bench_shapes.py --minutes 30 --parallel --out runs/bench_shapes
 
-For each kind (``primitives``, ``digits``; 32^3, 1,000 training shapes) both objectives train with
-``volscore train --data shapes:KIND``; with --parallel they run at the same time, one CPU thread each,
-so both get the same wall-clock and compute. Each run then samples ``--n`` shapes with ``volscore
-sample``: the annealed Langevin sampler on the run's geometric sigmas re-spaced to ``--num-sigmas``
+For each kind (``primitives``, ``digits``; 32^3, 1,000 training shapes) both objectives train on
+``shapes:KIND``, each in its own child process (``harness.train_in_children``); with --parallel they run
+at the same time, one CPU thread each, so both get the same wall-clock and compute. Each run then samples
+``--n`` shapes into a folder (``volscore.generate.sample_run``, in child processes the same way): the
+annealed Langevin sampler on the run's geometric sigmas re-spaced to ``--num-sigmas``
 levels (40), 2 steps per level, 3x NCSNv2's technique-4 step (the 2D baseline's factor, fixed before any
 shape was sampled: nothing here is tuned on the reference set). A network evaluation of one 32^3 shape
 costs about 5 GFLOP (about 0.12 s on one thread of this CPU), so 100 shapes x 81 evaluations take about
@@ -25,54 +26,51 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
-KINDS = ("primitives", "digits")
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/: the harness and sibling benches
+import harness  # noqa: E402
+
+from volscore.data.shapes import KINDS  # noqa: E402
 
 
-def _train_cmd(kind: str, objective: str, out: Path, args: argparse.Namespace) -> list[str]:
-    return [
-        sys.executable, "-m", "volscore", "train", "--data", f"shapes:{kind}", "--out", str(out),
-        "--objective", objective, "--minutes", str(args.minutes), "--preset", args.preset,
-        "--lr", str(args.lr), "--seed", str(args.seed),
-    ]  # fmt: skip
+def _train_config(kind: str, objective: str, out: Path, args: argparse.Namespace):
+    from volscore.config import TrainConfig
+
+    return TrainConfig(data=[f"shapes:{kind}"], out=str(out), objective=objective, minutes=args.minutes,
+                       preset=args.preset, lr=args.lr, seed=args.seed)  # fmt: skip
 
 
-def _sample_cmd(run: Path, out: Path, args: argparse.Namespace) -> list[str]:
-    return [
-        sys.executable, "-m", "volscore", "sample", "--run", str(run), "--out", str(out), "--n", str(args.n),
-        "--num-sigmas", str(args.num_sigmas), "--n-steps-each", str(args.n_steps_each),
-        "--step-lr-scale", str(args.step_lr_scale), "--seed", str(args.seed),
-    ]  # fmt: skip
+def _settings(args: argparse.Namespace):
+    """Annealed Langevin on the run's sigma range re-spaced to ``--num-sigmas`` levels."""
+    from volscore.sampling.settings import SamplerSettings
+
+    return SamplerSettings(sampler="annealed", steps=args.num_sigmas, n_steps_each=args.n_steps_each,
+                           step_lr_scale=args.step_lr_scale)  # fmt: skip
 
 
-def _run_all(cmds: list[list[str]], parallel: bool, logs: list[Path]) -> None:
-    """Run the commands at once with one thread each (parallel) or one after the other; fail loudly."""
-    env = dict(os.environ)
-    if parallel:
-        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    handles = [log.open("w") for log in logs]
+def sample_folder(run: str, folder: str, n: int, seed: int, settings) -> dict:
+    """(Child side.) ``n`` shapes of ``run`` into ``folder`` (shape_XXX.nii.gz, samples.npy, shapes.png)."""
+    from volscore.generate import describe_record, sample_run
+    from volscore.options import SampleOptions
+    from volscore.run import Run
+
+    record = sample_run(Run.load(run), SampleOptions(out=folder, n=n, seed=seed, force=True), settings)
+    print(describe_record(record))
+    return record
+
+
+def _check(run_children, *args) -> None:
+    """``run_children(*args)`` (training or sampling children, logged to files in --out); a failure ends the
+    script with their errors."""
     try:
-        if parallel:
-            procs = [
-                subprocess.Popen(c, env=env, stdout=h, stderr=h) for c, h in zip(cmds, handles, strict=True)
-            ]
-            codes = [proc.wait() for proc in procs]
-        else:
-            codes = [
-                subprocess.call(c, env=env, stdout=h, stderr=h) for c, h in zip(cmds, handles, strict=True)
-            ]
-    finally:
-        for h in handles:
-            h.close()
-    if any(codes):
-        failed = [str(log) for log, code in zip(logs, codes, strict=True) if code]
-        raise SystemExit(f"exit codes {codes}; see {', '.join(failed)}")
+        run_children(*args)
+    except harness.ChildError as exc:
+        raise SystemExit(str(exc)) from exc
 
 
 def _digit_classifier(train, train_labels, reference, reference_labels, cache: Path, steps: int):
@@ -98,9 +96,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--n-steps-each", type=int, default=2)
     p.add_argument("--step-lr-scale", type=float, default=3.0)
     p.add_argument("--parallel", action="store_true", help="run the objectives at once, one thread each")
-    p.add_argument("--out", default="runs/bench_shapes")
+    harness.add_common_flags(
+        p,
+        threads=None,
+        threads_help="threads of each training and sampling child without --parallel (default: as the CLI)",
+        json_flag=False,
+        out="runs/bench_shapes",
+        out_help="folder of the runs, samples and logs",
+    )
     p.add_argument("--results", default="scripts/results", help="where the sheets and JSON for the README go")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-train", action="store_true", help="reuse existing runs in --out")
     p.add_argument(
         "--classifier-steps", type=int, default=600, help="training steps of the 3D digit classifier"
@@ -112,17 +116,17 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from volscore.data.shapes import make_shapes
-    from volscore.generate import load_run
-    from volscore.machine import cpu_name
     from volscore.metrics import evaluate_shapes
     from volscore.plots import save_shape_sheet
+    from volscore.run import Run
 
     out, results = Path(args.out), Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
     results.mkdir(parents=True, exist_ok=True)
+    threads = 1 if args.parallel else args.threads  # in parallel one thread each
+    machine = harness.machine_info(threads)
     report: dict = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "date": machine["date"],
         "minutes": args.minutes,
         "parallel": args.parallel,
         "sampler": {k: getattr(args, k) for k in ("n", "num_sigmas", "n_steps_each", "step_lr_scale")},
@@ -134,14 +138,20 @@ def main(argv: list[str] | None = None) -> dict:
         if not args.skip_train:
             for run in runs.values():
                 shutil.rmtree(run, ignore_errors=True)
-            cmds = [_train_cmd(kind, obj, run, args) for obj, run in runs.items()]
-            _run_all(cmds, args.parallel, [out / f"{kind}_{obj}.train.log" for obj in runs])
+            configs = [_train_config(kind, obj, run, args) for obj, run in runs.items()]
+            logs = [out / f"{kind}_{obj}.train.log" for obj in runs]
+            _check(harness.train_in_children, configs, args.parallel, threads, logs)
         if not args.skip_sample:
             for folder in folders.values():
                 shutil.rmtree(folder, ignore_errors=True)
             t0 = time.monotonic()
-            cmds = [_sample_cmd(runs[obj], folders[obj], args) for obj in runs]
-            _run_all(cmds, args.parallel, [out / f"{kind}_{obj}.sample.log" for obj in runs])
+            starts = [
+                partial(harness.start_child, sample_folder, str(run), str(folders[obj]), args.n, args.seed,
+                        _settings(args), threads=threads, log=out / f"{kind}_{obj}.sample.log",
+                        name=f"sample {run}")
+                for obj, run in runs.items()
+            ]  # fmt: skip
+            _check(harness.run_children, starts, args.parallel)
             print(f"{kind}: sampled {args.n} shapes per model in {time.monotonic() - t0:.0f} s")
 
         train, train_labels = make_shapes(kind, split="train", seed=args.seed)
@@ -160,33 +170,36 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"digits: 3D classifier accuracy on the reference shapes {100 * accuracy:.1f} %")
         save_shape_sheet(reference[:36], results / f"shapes_{kind}_reference.png", nrow=6)
         for obj, run in runs.items():
-            _, state = load_run(run)
+            steps = Run.load(run).step
             samples = np.load(folders[obj] / "samples.npy")
             # As many reference shapes as samples: 1-NNA is only centred on 50 % for sets of equal size.
             ref = reference[: len(samples)]
             m = evaluate_shapes(samples, ref, train, classifier=classifier, seed=args.seed)
-            m.update(steps=int(state["step"]))
+            m.update(steps=steps)
             entry[obj] = m
             save_shape_sheet(samples[:36], results / f"shapes_{kind}_{obj}.png", nrow=6)
             print(f"== {kind} {obj}: {json.dumps(m)}")
         report["kinds"][kind] = entry
 
+    harness.finish(machine)
+    report["machine"] = harness.machine_summary(machine)
+    report["load"] = {"start": machine["loadavg"], "end": machine["loadavg_end"]}
     path = results / "bench_shapes.json"
     if path.exists():  # keep the other kinds' figures when only some kinds were rerun
         old = json.loads(path.read_text())
         report["kinds"] = {**old.get("kinds", {}), **report["kinds"]}
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    harness.write_json(path, report)
     _print_table(report)
     return report
 
 
 def _print_table(report: dict) -> None:
-    print(f"\n{report['date']}, {report['machine']}, {report['minutes']} min per objective\n")
+    load = report.get("load") or {}
     print(
-        "| kind | objective | steps | 1-NNA (floor) | COV (floor) | MMD (floor) | NN-train / ref NN-train "
-        "| one component | empty | classes (confident) |"
+        f"\n{report['date']}, {report['machine']}, {report['minutes']} min per objective; load average "
+        f"{load.get('start')} at start, {load.get('end')} at end\n"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    rows = []
     for kind, entry in report["kinds"].items():
         for obj, m in entry.items():
             if not isinstance(m, dict):
@@ -195,13 +208,15 @@ def _print_table(report: dict) -> None:
             if "class_histogram" in m:
                 h = m["class_histogram"]
                 classes = f"{100 * min(h):.1f}-{100 * max(h):.1f} % ({100 * m['confident_fraction']:.0f} %)"
-            print(
-                f"| {kind} | {obj} | {m['steps']} "
-                f"| {100 * m['one_nna']:.1f} % ({100 * m['floor_one_nna']:.1f} %) "
-                f"| {m['coverage']:.2f} ({m['floor_coverage']:.2f}) | {m['mmd']:.3f} ({m['floor_mmd']:.3f}) "
-                f"| {m['nn_train_mean']:.3f} / {m['ref_nn_train_mean']:.3f} "
-                f"| {100 * m['connected_fraction']:.0f} % | {100 * m['empty_fraction']:.0f} % | {classes} |"
-            )
+            rows.append([
+                kind, obj, m["steps"], f"{100 * m['one_nna']:.1f} % ({100 * m['floor_one_nna']:.1f} %)",
+                f"{m['coverage']:.2f} ({m['floor_coverage']:.2f})", f"{m['mmd']:.3f} ({m['floor_mmd']:.3f})",
+                f"{m['nn_train_mean']:.3f} / {m['ref_nn_train_mean']:.3f}",
+                f"{100 * m['connected_fraction']:.0f} %", f"{100 * m['empty_fraction']:.0f} %", classes,
+            ])  # fmt: skip
+    header = ["kind", "objective", "steps", "1-NNA (floor)", "COV (floor)", "MMD (floor)",
+              "NN-train / ref NN-train", "one component", "empty", "classes (confident)"]  # fmt: skip
+    print(harness.markdown_table(header, rows, "l" * len(header)))
 
 
 if __name__ == "__main__":

@@ -3,10 +3,12 @@ with the same weights as a run that was never interrupted.
 
     .venv/bin/python scripts/fault_drill.py --kills 8 --out runs/fault_drill
 
-1. Reference: ``volscore train`` for ``--steps`` steps (tiny 2D preset on MNIST, DSM, bf16 autocast,
-   a checkpoint every step so that most kills land while a checkpoint is being written).
-2. Drill: the same command, SIGKILLed at a random moment after its first checkpoint, then restarted with
-   ``--resume``; repeated ``--kills`` times, then run to the end. After every kill the checkpoint on disk
+1. Reference: ``--steps`` training steps (tiny 2D preset on MNIST, DSM, bf16 autocast, a checkpoint every
+   step so that most kills land while a checkpoint is being written), one thread, in a child process
+   (``volscore.recipes.train_or_resume``, as ``volscore train`` does).
+2. Drill: the same configuration in a child process SIGKILLed at a random moment after its first
+   checkpoint, then restarted (``train_or_resume`` resumes the run in its folder); repeated ``--kills``
+   times, then run to the end. After every kill the checkpoint on disk
    must load (``weights_only=True``) and hold a step no later than the kill.
 3. The final checkpoint's model, EMA, optimizer state and step must equal the reference's bit for bit.
 Also counted: temporary files a kill during a save leaves next to the checkpoint (``.checkpoint.*.tmp.pt``);
@@ -20,21 +22,35 @@ import argparse
 import os
 import random
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/: the harness and sibling benches
+import harness  # noqa: E402
 
-def _cmd(out: Path, steps: int, resume: bool) -> list[str]:
-    cmd = [
-        sys.executable, "-m", "volscore", "train", "--data", "mnist", "--out", str(out), "--preset", "tiny",
-        "--objective", "dsm", "--steps", str(steps), "--ckpt-every", "1", "--batch-size", "16",
-        "--amp", "bf16", "--seed", "3", "--device", "cpu",
-    ]  # fmt: skip
-    return [*cmd, "--resume"] if resume else cmd
+
+def _config(out: Path, steps: int):
+    from volscore.config import TrainConfig
+
+    return TrainConfig(
+        data=["mnist"],
+        out=str(out),
+        preset="tiny",
+        objective="dsm",
+        steps=steps,
+        ckpt_every=1,
+        batch_size=16,
+        amp="bf16",
+        seed=3,
+        device="cpu",
+    )
+
+
+def _start(out: Path, steps: int) -> harness.Child:
+    """Train (or resume) the drill's run in a child process, one thread, output discarded."""
+    return harness.start_child(harness.train_config, _config(out, steps), threads=1, log=os.devnull)
 
 
 def _tensors_equal(a: Any, b: Any, where: str, problems: list[str]) -> None:
@@ -69,9 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     ref, drill = out / "reference", out / "drill"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     t0 = time.monotonic()
-    subprocess.run(_cmd(ref, args.steps, False), check=True, env=env, stderr=subprocess.DEVNULL)
+    _start(ref, args.steps).result()
     ref_seconds = time.monotonic() - t0
     print(f"reference: {args.steps} steps in {ref_seconds:.0f} s")
 
@@ -80,22 +95,17 @@ def main(argv: list[str] | None = None) -> int:
     problems: list[str] = []
     kills = 0
     while kills < args.kills:
-        proc = subprocess.Popen(
-            _cmd(drill, args.steps, ckpt.exists()),
-            env=env,
-            stderr=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-        )
+        child = _start(drill, args.steps)
         before = load_checkpoint(ckpt)["step"] if ckpt.exists() else 0
         while not ckpt.exists() or load_checkpoint(ckpt)["step"] <= before:  # progress since the last start
-            if proc.poll() is not None:
+            if not child.process.is_alive():
                 break
             time.sleep(0.05)
-        if proc.poll() is not None:
-            break  # finished before we could kill it: the run is complete
+        if not child.process.is_alive():
+            child.result()  # finished before we could kill it: the run is complete (or its error is raised)
+            break
         time.sleep(rng.uniform(0.0, 0.5))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        child.kill()
         kills += 1
         try:
             step = load_checkpoint(ckpt)["step"]
@@ -104,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             problems.append(f"kill {kills}: checkpoint unreadable: {exc}")
             print(problems[-1])
             break
-    subprocess.run(_cmd(drill, args.steps, True), check=True, env=env, stderr=subprocess.DEVNULL)
+    _start(drill, args.steps).result()
     a, b = load_checkpoint(ref / CHECKPOINT_NAME), load_checkpoint(ckpt)
     for key in ("step", "model", "ema", "optimizer"):
         _tensors_equal(a[key], b[key], key, problems)

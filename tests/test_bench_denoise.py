@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from volscore.cli import main as volscore_main
+from volscore.config import TrainConfig
+from volscore.recipes import train_or_resume
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_denoise.py"
 
@@ -18,15 +19,16 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_denoise.py"
 @pytest.mark.slow
 def test_tiny_run_reports_every_setting(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    args = ["train", "--data", "mni152", "--out", str(run), "--preset", "tiny", "--patch-size", "16"]
-    assert volscore_main([*args, "--steps", "2", "--sigma-min", "0.02", "--sigma-max", "0.2"]) == 0
+    cfg = TrainConfig(data=["mni152"], out=str(run), preset="tiny", patch_size=16, steps=2, sigma_min=0.02,
+                      sigma_max=0.2)  # fmt: skip
+    train_or_resume(cfg)
     spec = importlib.util.spec_from_file_location("bench_denoise", SCRIPT)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     results = tmp_path / "results"
     report = bench.main(
         ["--run", str(run), "--out", str(tmp_path / "out"), "--results", str(results), "--steps", "2"]
-        + ["--skip", "bm4d", "nlmeans", "selfsup"]
+        + ["--skip", "bm4d", "nlmeans", "selfsup", "--threads", "1"]
     )
     assert list(report["settings"]) == ["gaussian 0.05", "gaussian 0.10", "rician 0.05"]
     for setting in report["settings"].values():

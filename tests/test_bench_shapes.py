@@ -22,6 +22,7 @@ def test_tiny_run_reports_every_metric(tmp_path: Path) -> None:
     # Split in two invocations, as a reader reruns one kind: the JSON keeps the other kind's figures.
     common = ["--minutes", "0.05", "--preset", "tiny", "--n", "4", "--num-sigmas", "3", "--n-steps-each", "1"]
     common += ["--out", str(tmp_path / "runs"), "--results", str(results), "--classifier-steps", "3"]
+    common += ["--threads", "1"]  # the children's threads without --parallel (with it: one each anyway)
     bench.main(["--kinds", "primitives", "--objectives", "dsm", *common])
     report = bench.main(["--kinds", "digits", "--objectives", "dsm", "ssm-vr", "--parallel", *common])
     assert set(report["kinds"]) == {"primitives", "digits"}

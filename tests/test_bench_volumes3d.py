@@ -1,4 +1,6 @@
-"""Smoke test for scripts/bench_volumes3d.py: its main() runs end to end with the --quick budget.
+"""Smoke test for scripts/bench_volumes3d.py, which runs the four 3D experiments (bench_train_memory,
+bench_stitch, bench_seams, bench_objectives3d; each has its own smoke test): its main() runs end to end
+with the --quick budget and keeps the combined report's keys, tables and pictures.
 
 Only checks plumbing (child processes report, every measurement and table is there, pictures and JSON are
 written); the numbers themselves are the benchmark's business, not a test's.
@@ -57,7 +59,18 @@ def test_quick_run_reports_every_measurement(tmp_path):
     assert (tmp_path / "stitch_modes_tweedie.png").stat().st_size > 0
 
     text = "\n".join(lines)
-    for head in ("| volume |", "| objective |", "| stitching |", "| one denoiser pass", "torch"):
+    for head in ("| volume |", "| objective |", "| stitching |", "| one denoiser pass", "torch", "at end"):
         assert head in text
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert set(saved) >= {"machine", "training", "sampling", "seams"}
+    assert saved["machine"]["loadavg_end"] is None or saved["machine"]["loadavg_end"] >= 0
+
+
+def test_old_flags_still_parse():
+    """The README's reproduce-commands: the flags of the single script before the split."""
+    bench = _load()
+    args = bench.parse_args(["--threads", "1", "--skip-training", "--skip-seams", "--sample-modes", "shift",
+                             "--no-malloc-row", "--sample-rounds", "2"])  # fmt: skip
+    assert args.skip_training and args.skip_seams and args.sample_modes == ["shift"] and not args.malloc_row
+    args = bench.parse_args(["--quick", "--run", "runs/demo", "--tile-batch", "4", "--patch", "16"])
+    assert (args.run, args.tile_batch, args.patch, args.volume_sizes) == ("runs/demo", 4, 16, [40, 48])

@@ -75,10 +75,21 @@ def set_threads(threads: int | None) -> int:
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far (ru_maxrss; kilobytes on Linux, bytes on macOS)."""
+    """Peak resident set size of this process so far: VmHWM from /proc (Linux), else ru_maxrss.
+
+    Not ru_maxrss on Linux: exec folds the RSS of the process it replaces into it, so a child started by
+    (v)fork + exec (subprocess, multiprocessing spawn) reports at least its parent's RSS at the start.
+    """
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
     import resource
 
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux, bytes on macOS
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 

@@ -1,0 +1,59 @@
+"""Smoke test for scripts/bench_seams.py: its main() runs end to end with the --quick budget.
+
+Only checks plumbing (a model trained with the demo's settings, every stitching sampled and scored, montages
+and JSON); the numbers themselves are the benchmark's business, not a test's.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_seams.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("bench_seams", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_trains_with_the_demo_settings(tmp_path):
+    from volscore.options import DemoOptions
+    from volscore.recipes import demo_config
+
+    bench = _load()
+    args = bench.parse_args(["--quick"])
+    cfg = bench.seam_config(args, tmp_path / "run")
+    demo = demo_config(DemoOptions(out=str(tmp_path / "run"), spacing=6.0, patch_size=16))
+    assert (cfg.steps, cfg.minutes) == (2, None)  # the --quick budget
+    assert {**cfg.to_dict(), "steps": None, "minutes": demo.minutes} == demo.to_dict()  # all else the demo's
+    assert cfg.warmup == 50 and cfg.lr == 1e-3
+
+
+@pytest.mark.slow
+def test_quick_run_reports_every_stitching(tmp_path):
+    bench = _load()
+    lines: list[str] = []
+    threads = torch.get_num_threads()
+    out = bench.main(
+        ["--quick", "--json", str(tmp_path / "bench.json"), "--results-dir", str(tmp_path)], log=lines.append
+    )
+
+    assert torch.get_num_threads() == threads
+    seams = out["seams"]
+    assert seams["trained_here"] and seams["train_steps"] == 2
+    assert set(seams["samples"]) == {*bench.MODES, bench.WHOLE}
+    assert all(math.isfinite(r["seam"]) for r in seams["samples"].values())
+    assert set(seams["tweedie"]["0.3"]) == {"noisy", *bench.MODES, bench.WHOLE}
+    assert (tmp_path / "stitch_modes.png").stat().st_size > 0
+    assert (tmp_path / "stitch_modes_tweedie.png").stat().st_size > 0
+    text = "\n".join(lines)
+    assert "| stitching |" in text and "| one denoiser pass" in text and "torch" in text
+    assert set(json.loads((tmp_path / "bench.json").read_text())) >= {"machine", "seams"}
