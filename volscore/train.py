@@ -106,10 +106,11 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
     return lr
 
 
-# --ssm-method auto per device type, by scripts/bench_perf.py (small 3D model, 32^3, batch 4, one
-# thread): on CPU an SSM-VR step with forward mode cost 2.2x a DSM step in fp32 and 2.6x in bf16, against
-# 2.6x and 2.9x by reverse over reverse. Not yet measured on a GPU: "exact" there until
-# scripts/gpu_check.sh's bench rows say otherwise.
+# --ssm-method auto per device type, measured as scripts/bench_perf.py does (small 3D model, 32^3, batch 4,
+# Adam step, one thread, medians of alternating rounds): on CPU an SSM-VR step cost 2.25-2.3x a DSM step
+# with forward mode against 2.65-2.75x by reverse over reverse in fp32, and 2.4-2.7x against 2.5-3.1x in
+# bf16 (three runs at load 3.5-5 on 2 cores). Not measured on a GPU yet: "exact" there until
+# scripts/gpu_check.sh's bench rows (SSM-VR and SSM-VR forward) say otherwise.
 SSM_AUTO_METHOD = {"cpu": "forward"}
 
 
