@@ -86,6 +86,8 @@ def stitch_check(size: int, tile_batches: list[int], device: str) -> dict[str, A
     rows = {}
     for tile_batch in tile_batches:
         score = StitchedScore(model, 32, stitch="shift", tile_batch=tile_batch, coords=True, generator=g)
+        with torch.no_grad():  # warm-up (cuDNN's algorithm choice, allocator) outside the timing
+            score(x[..., :64, :64, :64], sigma)
         if device.startswith("cuda"):
             torch.cuda.synchronize(device)
             torch.cuda.empty_cache()

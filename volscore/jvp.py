@@ -10,13 +10,14 @@ float64; tests/test_objectives.py compares whole networks with reverse over reve
   enters it as a zero tensor, so every layer runs a third, all-zero convolution, in the forward pass and
   again in the backward (a third of the convolutions of a training step). Here conv(x, W, b) and
   conv(x_t, W) are joined with ``make_dual``; the tangent keeps its autograd history.
-- ``group_norm``: torch's tangent formula records about ten full-size operations whose backward costs
-  about six times a GroupNorm's backward, the largest single cost of the step on a CPU. ``_GroupNormJvp``
-  computes the tangent with GroupNorm's own backward kernel and differentiates it in closed form. It
-  also avoids a dtype bug: under CPU autocast GroupNorm keeps a bf16 input with float32 weights and
-  returns bf16, but torch's formula gives that bf16 primal a float32 tangent, and the next autocast
-  convolution, which casts by the primal's dtype, fails ("Input type (torch.FloatTensor) and weight type
-  (CPUBFloat16Type) should be the same").
+- ``group_norm``: torch's tangent formula records about ten full-size operations; with their backward a
+  GroupNorm cost six times its plain forward and backward, a quarter of the SSM step on a CPU.
+  ``_GroupNormJvp`` computes the tangent with GroupNorm's own backward kernel and differentiates it in
+  closed form (about three times a plain GroupNorm). It also avoids two failures of torch's formula:
+  under CPU autocast GroupNorm keeps a bf16 input with float32 weights and returns bf16, but the formula
+  gives that bf16 primal a float32 tangent, and the next autocast convolution, which casts by the
+  primal's dtype, fails ("Input type (torch.FloatTensor) and weight type (CPUBFloat16Type) should be the
+  same"); and on channels-last input the formula fails ("view size is not compatible").
 - ``silu``: torch's tangent is a five-operation composite (recorded, so the backward differentiates each
   one); ``_SiLUJvp`` uses the fused SiLU backward kernel for the tangent and writes silu'' out in its
   backward. It returns a new tensor even for ``inplace=True``: callers must use the result, as every
@@ -116,7 +117,8 @@ class _GroupNormJvp(torch.autograd.Function):
     where r P(w G) is GroupNorm's backward of G and the other two terms expand to
     -r^2 k h - r^2 m a + (2 r^2 k m - r mean(h x^_t)) x^ + r^2 (k mean(h) + m mean(a)),
     needing only per-channel sums of a, H, H a, H (x - mu) and a (x - mu).
-    Computed in float32 at least (the dtype of the weights); returned in ``out_dtype`` and x's dtype.
+    Computed in float32 at least (the weights' dtype); y and y_t returned in ``out_dtype``, the gradients
+    in the dtypes of x and a.
     """
 
     @staticmethod
