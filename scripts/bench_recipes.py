@@ -25,7 +25,9 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 KINDS: dict[str, dict[str, Any]] = {
     "mnist": dict(data=["mnist"], preset="small", lr=1e-3),
-    "mni152": dict(data=["mni152"], full_volume=True, spacing=3.0, preset="small", patch_size=32, lr=1e-3, warmup=50),
+    "mni152": dict(
+        data=["mni152"], full_volume=True, spacing=3.0, preset="small", patch_size=32, lr=1e-3, warmup=50
+    ),
 }
 
 
@@ -40,12 +42,20 @@ def _train(kwargs: dict[str, Any], threads: int) -> None:
         trainer.run()
 
 
-def train_all(kind: str, minutes: float, out: Path, recipes: list[str], lr: float | None, extra: dict) -> dict:
+def train_all(
+    kind: str, minutes: float, out: Path, recipes: list[str], lr: float | None, extra: dict
+) -> dict:
     """Train every recipe at once in its own process with one thread, for ``minutes`` each."""
     ctx = mp.get_context("spawn")
     procs = {}
     for name in recipes:
-        kwargs = {**KINDS[kind], **RECIPES[name], **extra, "out": str(out / f"{kind}_{name}"), "minutes": minutes}
+        kwargs = {
+            **KINDS[kind],
+            **RECIPES[name],
+            **extra,
+            "out": str(out / f"{kind}_{name}"),
+            "minutes": minutes,
+        }
         if lr is not None:
             kwargs["lr"] = lr
         procs[name] = ctx.Process(target=_train, args=(kwargs, 1))
@@ -105,7 +115,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.kind == "mnist"
         else {"sampler": "annealed", "steps": 60, "n_steps_each": 2},
     ]
-    result = {"args": vars(args), "runs": {name: evaluate(args.kind, d, samplers, args.n) for name, d in runs.items()}}
+    result = {
+        "args": vars(args),
+        "runs": {name: evaluate(args.kind, d, samplers, args.n) for name, d in runs.items()},
+    }
     (out / f"bench_recipes_{args.kind}.json").write_text(json.dumps(result, indent=2))
     return result
 

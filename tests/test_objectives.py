@@ -139,10 +139,14 @@ def test_dsm_per_sample_sigma_and_weighting():
         dsm_loss(zero_score, x, sigma, weighting="sigma")
 
 
+EXACT_METHODS = ["exact", "forward"]  # the two ways ssm_loss differentiates v^T J v exactly
+
+
+@pytest.mark.parametrize("method", EXACT_METHODS)
 @pytest.mark.parametrize("projection", ["gaussian", "rademacher"])
 @pytest.mark.parametrize("variance_reduced", [False, True])
 @pytest.mark.parametrize("which", ["linear", "tanh"])
-def test_ssm_is_unbiased_for_ism(projection, variance_reduced, which):
+def test_ssm_is_unbiased_for_ism(projection, variance_reduced, which, method):
     p = _gaussian()
     x = p.sample(N, torch.Generator().manual_seed(8))
     score = _linear_score(3)[0] if which == "linear" else _tanh_score(3)
@@ -151,18 +155,25 @@ def test_ssm_is_unbiased_for_ism(projection, variance_reduced, which):
         x,
         projection=projection,
         variance_reduced=variance_reduced,
+        method=method,
         generator=torch.Generator().manual_seed(9),
     )
-    _assert_mean(ssm - ism_loss(score, x), 0.0, f"SSM({projection}, vr={variance_reduced}) - ISM")
+    _assert_mean(ssm - ism_loss(score, x), 0.0, f"SSM({projection}, vr={variance_reduced}, {method}) - ISM")
 
 
+@pytest.mark.parametrize("method", EXACT_METHODS)
 @pytest.mark.parametrize("projection", ["gaussian", "rademacher"])
-def test_hutchinson_estimator_is_unbiased(projection):
+def test_hutchinson_estimator_is_unbiased(projection, method):
     # For a linear score s = A x the Jacobian is A, so the 2 v^T J v term estimates 2 tr(A).
     score, a = _linear_score(5)
     x = torch.zeros(N, 5)  # s(0) = b: isolate the trace term with VR (|s|^2 = |b|^2 exactly)
     ssm = ssm_loss(
-        score, x, projection=projection, variance_reduced=True, generator=torch.Generator().manual_seed(10)
+        score,
+        x,
+        projection=projection,
+        variance_reduced=True,
+        method=method,
+        generator=torch.Generator().manual_seed(10),
     )
     trace_term = (ssm - (score(x) ** 2).sum(1)) / 2
     _assert_mean(trace_term, float(torch.trace(a)), f"Hutchinson ({projection})")
@@ -173,17 +184,19 @@ def test_hutchinson_estimator_is_unbiased(projection):
             x,
             projection="gaussian",
             variance_reduced=True,
+            method=method,
             generator=torch.Generator().manual_seed(10),
         )
         assert float(ssm.var()) < float(gauss.var())
 
 
-def test_more_projections_reduce_variance():
+@pytest.mark.parametrize("method", EXACT_METHODS)
+def test_more_projections_reduce_variance(method):
     p = _gaussian()
     x = p.sample(4000, torch.Generator().manual_seed(11))
     score = _tanh_score(3)
-    one = ssm_loss(score, x, n_projections=1, generator=torch.Generator().manual_seed(12))
-    four = ssm_loss(score, x, n_projections=4, generator=torch.Generator().manual_seed(12))
+    one = ssm_loss(score, x, n_projections=1, method=method, generator=torch.Generator().manual_seed(12))
+    four = ssm_loss(score, x, n_projections=4, method=method, generator=torch.Generator().manual_seed(12))
     assert one.shape == four.shape == (4000,)
     assert float(four.var()) < float(one.var())
 
@@ -206,7 +219,11 @@ def test_losses_are_differentiable_in_parameters():
     w = torch.nn.Parameter(torch.eye(3) * -0.5)
     score = lambda x: x @ w.T  # noqa: E731
     x = torch.randn(8, 3, generator=torch.Generator().manual_seed(15))
-    for loss in (ism_loss(score, x), ssm_loss(score, x, variance_reduced=True)):
+    for loss in (
+        ism_loss(score, x),
+        ssm_loss(score, x, variance_reduced=True),
+        ssm_loss(score, x, variance_reduced=True, method="forward"),
+    ):
         (g,) = torch.autograd.grad(loss.mean(), w)
         assert torch.isfinite(g).all() and g.abs().sum() > 0
 
@@ -222,6 +239,7 @@ def test_every_rank_works_and_ism_identity_holds(event_shape):
         ism_loss(score, x),
         dsm_loss(lambda y, s: score(y), x, 0.2, generator=torch.Generator().manual_seed(17)),
         ssm_loss(score, x, generator=torch.Generator().manual_seed(18)),
+        ssm_loss(score, x, method="forward", generator=torch.Generator().manual_seed(18)),
         ssm_loss(score, x, variance_reduced=True, method="fd"),
     ):
         assert loss.shape == (N,) and loss.dtype == torch.float32 or loss.dtype == torch.float64
@@ -235,8 +253,144 @@ def test_losses_reduce_in_float32_under_bf16():
     score = lambda y, s=None: (-y).to(torch.bfloat16)  # noqa: E731
     assert dsm_loss(score, x, 0.5).dtype == torch.float32
     assert ssm_loss(lambda y: -y.to(torch.bfloat16), x, method="fd").dtype == torch.float32
+    assert ssm_loss(lambda y: -y.to(torch.bfloat16), x, method="forward").dtype == torch.float32
 
 
 def test_shape_mismatch_is_a_clear_error():
     with pytest.raises(ValueError, match="score_fn returned shape"):
         esm_loss(lambda x: x[:, :2], torch.ones(3, 4), torch.ones(3, 4))
+
+
+# -- method="forward" (forward-mode J v) against method="exact" (reverse over reverse) -------------------
+
+
+@pytest.mark.parametrize("variance_reduced", [False, True])
+@pytest.mark.parametrize("projection", ["gaussian", "rademacher"])
+def test_forward_mode_gives_the_exact_values_for_closed_form_scores(projection, variance_reduced):
+    x = _gaussian().sample(200, torch.Generator().manual_seed(20))
+    for score in (_linear_score(3)[0], _tanh_score(3)):
+        losses = [
+            ssm_loss(
+                score,
+                x,
+                n_projections=3,
+                projection=projection,
+                variance_reduced=variance_reduced,
+                method=method,
+                generator=torch.Generator().manual_seed(21),
+            )
+            for method in EXACT_METHODS
+        ]
+        assert torch.allclose(losses[0], losses[1], rtol=1e-12, atol=1e-12)
+
+
+def _unet_score(dims: int, batch: int, size: int, seed: int):
+    """A tiny ScoreUNet in float64 as a score function of (x, sigma), every weight nonzero.
+
+    The bare network, not the preconditioned model, whose coefficients run in float32. Coordinate
+    channels in 3D (the patch model's cat); an odd size exercises the replicate padding and the crop.
+    """
+    from volscore.nets import ScoreUNet
+
+    torch.manual_seed(seed)  # the initial weights
+    g = torch.Generator().manual_seed(seed)
+    net = ScoreUNet(
+        dims, channels=(8, 16), num_res_blocks=1, emb_dim=16, num_groups=4, coord_channels=dims == 3
+    ).double()
+    with torch.no_grad():  # conv_out starts at zero (EDM): without this no gradient reaches the rest
+        for p in net.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    coords = torch.rand(batch, dims, *([size] * dims), generator=g, dtype=D) if dims == 3 else None
+
+    def score(y: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        c = None if coords is None else coords.repeat_interleave(y.shape[0] // batch, dim=0)
+        return net(y, sigma.log() / 4, c)
+
+    return net, score
+
+
+D = torch.float64
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("variance_reduced", [False, True])
+@pytest.mark.parametrize("projection,n_projections", [("gaussian", 1), ("rademacher", 1), ("gaussian", 3)])
+def test_forward_mode_matches_exact_on_a_unet(dims, variance_reduced, projection, n_projections):
+    """Loss and every parameter gradient agree to float64 rounding: GroupNorm, SiLU in place, strided and
+    1x1 convolutions, nearest up-sampling, cat, addcmul, replicate padding and the crop, all in one net."""
+    batch, size = 2, 7
+    x = torch.randn(batch, 1, *([size] * dims), generator=torch.Generator().manual_seed(22), dtype=D)
+    sigma = torch.tensor([0.3, 2.0], dtype=D)
+    results = []
+    for method in EXACT_METHODS:
+        net, score = _unet_score(dims, batch, size, seed=23)
+        loss = ssm_loss(
+            score,
+            x,
+            n_projections=n_projections,
+            projection=projection,
+            variance_reduced=variance_reduced,
+            sigma=sigma,
+            method=method,
+            generator=torch.Generator().manual_seed(24),
+        )
+        loss.sum().backward()
+        results.append((loss.detach(), {k: p.grad for k, p in net.named_parameters()}))
+    (exact, g_exact), (forward, g_forward) = results
+    assert torch.allclose(forward, exact, rtol=1e-12, atol=0), (forward, exact)
+    assert all(g is not None for g in g_exact.values())
+    for name, g in g_exact.items():
+        err = float((g_forward[name] - g).abs().max() / g.abs().max())
+        assert err < 1e-11, f"{name}: relative gradient error {err:.2e}"
+
+
+def test_forward_mode_under_cpu_bf16_autocast_is_as_accurate_as_exact():
+    """The trainer's CPU default (--amp auto is bf16). Both methods round differently in bf16, so each is
+    compared with the float32 exact loss and gradients: forward mode's error must be about exact's (bf16
+    rounding alone moves the loss by up to a few percent here, a wrong formula by far more)."""
+    from volscore.nets import build_model
+
+    torch.manual_seed(25)
+    g = torch.Generator().manual_seed(26)
+    x = torch.rand(2, 1, 12, 12, 12, generator=g, dtype=torch.float32)
+    coords = torch.rand(2, 3, 12, 12, 12, generator=g, dtype=torch.float32)
+    sigma = torch.tensor([0.2, 1.5], dtype=torch.float32)
+    model = build_model("tiny", 3, coord_channels=True).float()  # this module's default dtype is float64
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    results = {}
+    for method, bf16 in (("exact", False), ("exact", True), ("forward", True)):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = ssm_loss(
+                lambda y, s: model(y, s, coords),
+                x,
+                variance_reduced=True,
+                sigma=sigma,
+                method=method,
+                generator=torch.Generator().manual_seed(27),
+            )
+        assert loss.dtype == torch.float32
+        loss.sum().backward()
+        results[method, bf16] = (loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters()]))
+    ref_loss, ref_grad = results["exact", False]
+    errors = {}
+    for method in EXACT_METHODS:
+        loss, grad = results[method, True]
+        errors[method] = (
+            float(((loss - ref_loss).abs() / ref_loss.abs()).max()),
+            float((grad - ref_grad).norm() / ref_grad.norm()),
+        )
+    (loss_exact, grad_exact), (loss_forward, grad_forward) = errors["exact"], errors["forward"]
+    assert loss_forward <= 2 * loss_exact + 1e-2, errors
+    assert grad_forward <= 1.5 * grad_exact + 1e-3, errors
+
+
+def test_forward_mode_of_a_score_that_ignores_x():
+    # No tangent reaches the output: J = 0, so SSM-VR is |s|^2 (the exact method cannot differentiate it).
+    x = torch.randn(5, 3, generator=torch.Generator().manual_seed(28))
+    loss = ssm_loss(lambda y: torch.ones_like(y), x, variance_reduced=True, method="forward")
+    assert torch.equal(loss, torch.full((5,), 3.0))
+    with pytest.raises(ValueError, match="'forward'"):
+        ssm_loss(lambda y: y, x, method="backward")

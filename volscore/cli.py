@@ -247,7 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_noisy)
 
-    p = sub.add_parser("models", help="list the bundled pretrained models and their cards", formatter_class=fmt)
+    p = sub.add_parser(
+        "models", help="list the bundled pretrained models and their cards", formatter_class=fmt
+    )
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("info", help="describe NIfTI files", formatter_class=fmt)

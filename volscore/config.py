@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 OBJECTIVES = ("dsm", "ssm", "ssm-vr", "ssm-fd")
+# How ssm and ssm-vr compute v^T J v (volscore.objectives.ssm_loss's method); auto: the faster on the device.
+SSM_METHODS = ("auto", "exact", "forward")
 SIGMA_DISTS = ("loguniform", "geometric", "lognormal")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 WEIGHTINGS = ("sigma2", "edm")
@@ -43,6 +45,14 @@ class TrainConfig:
     )
     out: str = field(metadata=_opt("run directory (config, checkpoint, metrics, plots)"))
     objective: str = field(default="dsm", metadata=_opt("score-matching objective", choices=OBJECTIVES))
+    ssm_method: str = field(
+        default="auto",
+        metadata=_opt(
+            "ssm, ssm-vr: differentiate v^T J v by exact (reverse over reverse) or forward (forward-mode "
+            "AD): the same loss at different cost; auto: the faster on this device (forward on CPU)",
+            choices=SSM_METHODS,
+        ),
+    )
     preset: str = field(
         default="small", metadata=_opt("network size (volscore.nets.presets)", choices=PRESET_NAMES)
     )
@@ -131,6 +141,7 @@ class TrainConfig:
         """Refuse what cannot run, naming the option: choices, budgets, finite positive numbers."""
         for name, allowed in (
             ("objective", OBJECTIVES),
+            ("ssm_method", SSM_METHODS),
             ("sigma_dist", SIGMA_DISTS),
             ("amp", AMP_MODES),
             ("weighting", WEIGHTINGS),

@@ -28,7 +28,7 @@ from volscore.checkpoint import (
     remove_stale_temporaries,
     save_checkpoint,
 )
-from volscore.config import RUNTIME_FIELDS, TrainConfig
+from volscore.config import RUNTIME_FIELDS, SSM_METHODS, TrainConfig
 from volscore.noise import append_dims, ncsnv2_num_sigmas, randn, sample_training_sigmas, sigma_max_from_data
 from volscore.objectives import dsm_loss, ssm_loss
 from volscore.outputs import check_run_folder
@@ -106,6 +106,22 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
     return lr
 
 
+# --ssm-method auto per device type, measured as scripts/bench_perf.py does (small 3D model, 32^3, batch 4,
+# Adam step, one thread, medians of alternating rounds): on CPU an SSM-VR step cost 2.25-2.3x a DSM step
+# with forward mode against 2.65-2.75x by reverse over reverse in fp32, and 2.4-2.7x against 2.5-3.1x in
+# bf16 (three runs at load 3.5-5 on 2 cores). Not measured on a GPU yet: "exact" there until
+# scripts/gpu_check.sh's bench rows (SSM-VR and SSM-VR forward) say otherwise.
+SSM_AUTO_METHOD = {"cpu": "forward"}
+
+
+def resolve_ssm_method(choice: str, device: torch.device) -> str:
+    """``ssm_loss``'s method for ssm and ssm-vr: the choice itself, or for "auto" the faster one on this
+    device type (``SSM_AUTO_METHOD``, else "exact")."""
+    if choice not in SSM_METHODS:
+        raise ValueError(f"ssm_method must be one of {SSM_METHODS}, got {choice!r}")
+    return SSM_AUTO_METHOD.get(device.type, "exact") if choice == "auto" else choice
+
+
 def training_loss(
     model: torch.nn.Module,
     objective: str,
@@ -115,6 +131,7 @@ def training_loss(
     generator: torch.Generator,
     weighting: str = "sigma2",
     sigma_data: float = 0.5,
+    ssm_method: str = "auto",
 ) -> Tensor:
     """Per-sample loss |s - target|^2 weighted by lambda(sigma).
 
@@ -135,7 +152,7 @@ def training_loss(
     # SSM learns the score of the noisy data p_sigma directly from noisy samples.
     eps = randn(x.shape, generator, x.device, x.dtype)
     x_noisy = x + append_dims(sigma, x.ndim) * eps
-    method = "fd" if objective == "ssm-fd" else "exact"
+    method = "fd" if objective == "ssm-fd" else resolve_ssm_method(ssm_method, x.device)
     loss = ssm_loss(
         score_fn,
         x_noisy,
@@ -403,7 +420,15 @@ class Trainer:
             ).to(self.device)
             with self._autocast():
                 per_sample = training_loss(
-                    self.net, cfg.objective, x, coords, sigma, gen, cfg.weighting, cfg.sigma_data
+                    self.net,
+                    cfg.objective,
+                    x,
+                    coords,
+                    sigma,
+                    gen,
+                    cfg.weighting,
+                    cfg.sigma_data,
+                    ssm_method=cfg.ssm_method,
                 )
             loss = per_sample.float().mean() / len(self.shards)
             losses.append(loss)
