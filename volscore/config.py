@@ -98,6 +98,9 @@ class TrainConfig:
     coords: bool = field(
         default=True, metadata=_opt("3D: coordinate channels (position in the whole volume)")
     )
+    coord_frequencies: int = field(
+        default=0, metadata=_opt("3D: Fourier features of the coordinates, sin/cos(2^k pi c) for k < this")
+    )
     spacing: float | None = field(
         default=None, metadata=_opt("3D: resample volumes to this isotropic spacing (mm)")
     )
@@ -177,6 +180,8 @@ class TrainConfig:
         for name, value in at_least_one.items():
             if value is not None and value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if not 0 <= self.coord_frequencies <= 12:
+            raise ValueError(f"--coord-frequencies must be in [0, 12], got {self.coord_frequencies}")
         if self.warmup < 0:
             raise ValueError(f"--warmup must be >= 0, got {self.warmup}")
         if not (math.isfinite(self.p_mean) and 0 <= self.ema_decay < 1):

@@ -268,6 +268,7 @@ class Trainer:
             coord_channels=self.source.coord_channels > 0,
             sigma_data=cfg.sigma_data,
             kind=cfg.precond,
+            coord_frequencies=cfg.coord_frequencies,
         )
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         self.model = build_model_from_args(self.model_args).to(self.device)

@@ -49,6 +49,7 @@ def model_args(
     coord_channels: bool = False,
     sigma_data: float = 0.5,
     kind: str = "edm",
+    coord_frequencies: int = 0,
 ) -> dict[str, Any]:
     """The plain dict that ``build_model_from_args`` turns into a model: {"net": ScoreUNet kwargs, ...}."""
     if preset not in PRESETS:
@@ -57,6 +58,8 @@ def model_args(
         spatial_dims=int(spatial_dims), in_channels=int(in_channels), coord_channels=bool(coord_channels)
     )
     net.update({k: list(v) if isinstance(v, (list, tuple)) else v for k, v in PRESETS[preset].items()})
+    if coord_channels and coord_frequencies:  # absent when 0, so earlier runs' arguments compare equal
+        net["coord_frequencies"] = int(coord_frequencies)
     return {"net": net, "sigma_data": float(sigma_data), "kind": str(kind)}
 
 

@@ -90,6 +90,9 @@ class ScoreUNet(nn.Module):
         num_res_blocks: residual blocks per level (doubled at the bottom level).
         coord_channels: if True, ``forward`` requires ``coords`` (B, spatial_dims, *spatial), concatenated
             to the input so a patch model knows where it is in the volume (PatchDDM).
+        coord_frequencies: with coordinates, also sin(2^k pi c) and cos(2^k pi c) for k < this (Fourier
+            features, Tancik et al. 2020): a plain ramp makes the network learn where anatomy lies only slowly
+            (spectral bias), while these let it place detail down to 2^-k of the volume from the start.
         emb_dim: width of the noise embedding.
         num_groups: GroupNorm groups, clipped per layer to a divisor of its channels.
         dropout: dropout before the second conv of every residual block.
@@ -103,6 +106,7 @@ class ScoreUNet(nn.Module):
         channels: Sequence[int] = (32, 64, 128),
         num_res_blocks: int = 1,
         coord_channels: bool = False,
+        coord_frequencies: int = 0,
         emb_dim: int = 128,
         num_groups: int = 8,
         dropout: float = 0.0,
@@ -116,12 +120,16 @@ class ScoreUNet(nn.Module):
         self.in_channels = in_channels
         self.out_channels = in_channels if out_channels is None else out_channels
         self.coord_channels = coord_channels
+        if coord_frequencies < 0:
+            raise ValueError(f"coord_frequencies must be >= 0, got {coord_frequencies}")
+        self.coord_frequencies = coord_frequencies if coord_channels else 0
+        coord_in = spatial_dims * (1 + 2 * self.coord_frequencies) if coord_channels else 0
         self.multiple = 2 ** (len(channels) - 1)  # spatial sizes are padded to this
         ch = list(channels)
         block = partial(ResBlock, spatial_dims, emb_dim=emb_dim, num_groups=num_groups, dropout=dropout)
 
         self.embed = NoiseEmbedding(emb_dim)
-        self.conv_in = _conv(spatial_dims, in_channels + (spatial_dims if coord_channels else 0), ch[0])
+        self.conv_in = _conv(spatial_dims, in_channels + coord_in, ch[0])
         self.down_blocks = nn.ModuleList()
         self.downsample = nn.ModuleList()
         for i in range(len(ch) - 1):
@@ -139,6 +147,19 @@ class ScoreUNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
+    def _coord_features(self, coords: Tensor) -> Tensor:
+        """coords (B, d, *spatial) -> [coords, sin(2^k pi coords), cos(2^k pi coords) for k < K] on channels."""
+        if not self.coord_frequencies:
+            return coords
+        scales = math.pi * 2.0 ** torch.arange(
+            self.coord_frequencies, device=coords.device, dtype=coords.dtype
+        )
+        angles = coords.unsqueeze(2) * scales.view(
+            1, 1, -1, *([1] * (coords.ndim - 2))
+        )  # (B, d, K, *spatial)
+        angles = angles.flatten(1, 2)
+        return torch.cat([coords, angles.sin(), angles.cos()], dim=1)
+
     def forward(self, x: Tensor, c_noise: Tensor, coords: Tensor | None = None) -> Tensor:
         """x: (B, C, *spatial); c_noise: (B,); coords: (B, spatial_dims, *spatial) iff coord_channels."""
         if x.ndim != self.spatial_dims + 2:
@@ -153,7 +174,7 @@ class ScoreUNet(nn.Module):
             expected = (x.shape[0], self.spatial_dims, *x.shape[2:])
             if tuple(coords.shape) != expected:
                 raise ValueError(f"coords must have shape {expected}, got {tuple(coords.shape)}")
-            x = torch.cat([x, coords.to(x.dtype)], dim=1)
+            x = torch.cat([x, self._coord_features(coords).to(x.dtype)], dim=1)
         elif coords is not None:
             raise ValueError("coords given but this ScoreUNet has coord_channels=False")
 
