@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
+import sys
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/: the harness and sibling benches
+import harness  # noqa: E402
 
 # What differs between the recipes; everything else is the TrainConfig default or the kind's data settings.
 RECIPES: dict[str, dict[str, Any]] = {
@@ -31,39 +34,16 @@ KINDS: dict[str, dict[str, Any]] = {
 }
 
 
-def _train(kwargs: dict[str, Any], threads: int) -> None:
-    import torch
-
+def train_all(kind: str, minutes: float, out: Path, recipes: list[str], lr: float | None) -> dict[str, str]:
+    """Train every recipe at once, each in its own process with one thread, for ``minutes`` each."""
     from volscore.config import TrainConfig
-    from volscore.train import Trainer
 
-    torch.set_num_threads(threads)
-    with Trainer(TrainConfig(**kwargs), progress=False) as trainer:
-        trainer.run()
-
-
-def train_all(
-    kind: str, minutes: float, out: Path, recipes: list[str], lr: float | None, extra: dict
-) -> dict:
-    """Train every recipe at once in its own process with one thread, for ``minutes`` each."""
-    ctx = mp.get_context("spawn")
-    procs = {}
+    configs = []
     for name in recipes:
-        kwargs = {
-            **KINDS[kind],
-            **RECIPES[name],
-            **extra,
-            "out": str(out / f"{kind}_{name}"),
-            "minutes": minutes,
-        }
-        if lr is not None:
-            kwargs["lr"] = lr
-        procs[name] = ctx.Process(target=_train, args=(kwargs, 1))
-        procs[name].start()
-    for p in procs.values():
-        p.join()
-        if p.exitcode != 0:
-            raise RuntimeError(f"a training process failed (exit {p.exitcode})")
+        kwargs = {**KINDS[kind], **RECIPES[name], "out": str(out / f"{kind}_{name}"), "minutes": minutes}
+        configs.append(TrainConfig(**(kwargs | ({"lr": lr} if lr is not None else {}))))
+    logs = [out / f"{kind}_{name}.log" for name in recipes]
+    harness.train_in_children(configs, parallel=True, threads=1, logs=logs)
     return {name: str(out / f"{kind}_{name}") for name in recipes}
 
 
@@ -87,9 +67,12 @@ def evaluate(kind: str, run_dir: str, samplers: list[dict[str, Any]], n: int) ->
 
             x = sample_run_tensor(run, settings, n=1, seed=0, progress=False)[0, 0]
             r = volume_sample_quality(x.numpy(), run.training_volume())
-        levels = len(__import__("volscore.generate", fromlist=["run_sigmas"]).run_sigmas(run, settings))
-        rows.append({**r, "sampler": spec, "nfe": settings.network_evaluations(levels), "steps_trained": run.step,
-                     "seconds": time.perf_counter() - t0})  # fmt: skip
+        from volscore.generate import run_sigmas
+
+        levels = len(run_sigmas(run, settings))
+        seconds = time.perf_counter() - t0
+        nfe = settings.network_evaluations(levels)
+        rows.append({**r, "sampler": spec, "nfe": nfe, "steps_trained": run.step, "seconds": seconds})
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "class_histogram"}), flush=True)
     return rows
 
@@ -102,12 +85,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--lr", type=float, help="override the kind's learning rate")
     p.add_argument("--n", type=int, default=500, help="MNIST samples per setting")
     p.add_argument("--skip-train", action="store_true")
-    p.add_argument("--out", default="runs/bench_recipes")
+    harness.add_common_flags(p, threads=2, seed=False, out="runs/bench_recipes")
     args = p.parse_args(argv)
+    return harness.run_bench("bench_recipes", args, lambda _: measure(args), report)
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     runs = {name: str(out / f"{args.kind}_{name}") for name in args.recipes}
     if not args.skip_train:
-        runs = train_all(args.kind, args.minutes, out, args.recipes, args.lr, {})
+        runs = train_all(args.kind, args.minutes, out, args.recipes, args.lr)
     samplers = [
         {"sampler": "edm", "steps": 18},
         {"sampler": "heun", "steps": 18},
@@ -115,12 +102,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.kind == "mnist"
         else {"sampler": "annealed", "steps": 60, "n_steps_each": 2},
     ]
-    result = {
-        "args": vars(args),
+    return {
+        "kind": args.kind,
         "runs": {name: evaluate(args.kind, d, samplers, args.n) for name, d in runs.items()},
     }
-    (out / f"bench_recipes_{args.kind}.json").write_text(json.dumps(result, indent=2))
-    return result
+
+
+def report(result: dict[str, Any]) -> None:
+    """One markdown row per recipe and sampler."""
+    rows = []
+    for name, evaluations in result["runs"].items():
+        for r in evaluations:
+            s = r["sampler"]
+            sampler = f"{s['sampler']} {s.get('steps', 'run')} levels"
+            if result["kind"] == "mnist":
+                lo, hi = r["class_range"]
+                figures = [f"{100 * r['confident_fraction']:.1f} %", f"{r['fd']:.2f} ({r['fd_floor']:.2f})",
+                           f"{r['fd_train']:.2f}", f"{100 * lo:.1f}-{100 * hi:.1f} %"]  # fmt: skip
+            else:
+                figures = [f"{r['ssim']:.3f}", f"{r['noise_ratio']:.2f}", f"{r['histogram_distance']:.3f}"]
+            rows.append([name, r["steps_trained"], sampler, r["nfe"], *figures])
+    cols = (
+        ["confident", "FD test (floor)", "FD train", "classes"]
+        if result["kind"] == "mnist"
+        else ["SSIM", "noise ratio", "histogram distance"]
+    )
+    print(harness.markdown_table(["recipe", "steps", "sampler", "NFE", *cols], rows))
 
 
 if __name__ == "__main__":

@@ -148,7 +148,7 @@ class ScoreUNet(nn.Module):
         nn.init.zeros_(self.conv_out.bias)
 
     def _coord_features(self, coords: Tensor) -> Tensor:
-        """coords (B, d, *spatial) -> [coords, sin(2^k pi coords), cos(2^k pi coords) for k < K] on channels."""
+        """coords (B, d, *spatial) -> [coords, sin(2^k pi coords), cos(2^k pi coords), k < K] as channels."""
         if not self.coord_frequencies:
             return coords
         scales = math.pi * 2.0 ** torch.arange(
