@@ -117,26 +117,35 @@ class DenoiseOptions:
 
 
 # The samplers the recipes use unless told otherwise (their flags' defaults).
-DEMO_SAMPLER: dict[str, Any] = {"sampler": "annealed", "steps": 60, "n_steps_each": 2}
+DEMO_SAMPLER: dict[str, Any] = {}  # the sampler table's defaults
 BASELINE_SAMPLER: dict[str, Any] = {"sampler": "annealed", "n_steps_each": 3, "step_lr_scale": 3.0}
 
 
 @dataclass
 class DemoOptions:
-    """``volscore demo``: the main job on the bundled MNI template."""
+    """``volscore demo``: the main job. Sample a brain from the bundled 3D prior and denoise a noisy copy of
+    the template's hold-out with the bundled T1 denoiser; ``--minutes`` trains the prior further first."""
 
-    out: str = field(default="runs/demo", metadata=_opt("run directory"))
-    minutes: float = field(default=5.0, metadata=_opt("training minutes of this call"))
-    preset: str = field(default="small", metadata=_opt("network size", choices=PRESET_NAMES))
-    spacing: float = field(default=3.0, metadata=_opt("resample the 1 mm template to this spacing (mm)"))
-    patch_size: int = field(default=32, metadata=_opt("3D patch edge"))
-    seed: int = field(default=0, metadata=_opt("seed of training and sampling"))
+    out: str = field(default="runs/demo", metadata=_opt("folder for the demo's files"))
+    prior: str = field(
+        default="pretrained:mni152-prior", metadata=_opt("3D prior to sample: run or pretrained:NAME")
+    )
+    denoiser: str = field(
+        default="pretrained:t1-denoiser", metadata=_opt("3D denoiser: run or pretrained:NAME")
+    )
+    minutes: float = field(
+        default=0.0, metadata=_opt("train the prior this many minutes further first (0: as is)")
+    )
+    noise: float = field(
+        default=0.05, metadata=_opt("noise sd of the hold-out copy, x the 99.5th percentile")
+    )
+    seed: int = field(default=0, metadata=_opt("seed of sampling and noise"))
+    force: bool = field(default=False, metadata=_opt("replace the demo's files from an earlier call"))
 
     def validate(self) -> None:
-        _positive("minutes", self.minutes)
-        _positive("spacing", self.spacing)
-        if self.patch_size < 1:
-            raise ValueError(f"--patch-size must be >= 1, got {self.patch_size}")
+        if not (math.isfinite(self.minutes) and self.minutes >= 0):
+            raise ValueError(f"--minutes must be a finite number >= 0, got {self.minutes}")
+        _positive("noise", self.noise)
 
 
 @dataclass

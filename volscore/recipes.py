@@ -1,8 +1,9 @@
 """Recipes: the library's end-to-end jobs, built from ``TrainConfig`` and the sampler table directly.
 
-``demo`` is the main job (train on the bundled MNI template, sample a whole brain larger than a patch);
-``baseline`` is the lecture's 2D example (train on MNIST, sample, evaluate). Both resume their run when
-called again, so each call trains further.
+``demo`` is the main job (sample a whole brain from the bundled 3D prior, denoise a hold-out block with the
+bundled T1 denoiser, optionally after training the prior further);
+``baseline`` is the lecture's 2D example (train on MNIST, sample, evaluate), resuming its run when called
+again, so each call trains further.
 """
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from volscore.config import TrainConfig
 from volscore.options import BaselineOptions, DemoOptions, SampleOptions
 from volscore.sampling.settings import SamplerSettings
+
+if TYPE_CHECKING:
+    from volscore.run import Run
 
 
 def train_or_resume(cfg: TrainConfig, say: Callable[[str], None] = print) -> Path:
@@ -32,39 +36,103 @@ def train_or_resume(cfg: TrainConfig, say: Callable[[str], None] = print) -> Pat
     return Path(cfg.out)
 
 
-def demo_config(options: DemoOptions) -> TrainConfig:
-    """The demo's training run: the whole template at ``options.spacing``, patches with coordinates."""
-    return TrainConfig(
-        data=["mni152"],
-        out=options.out,
-        full_volume=True,
-        spacing=options.spacing,
-        preset=options.preset,
-        patch_size=options.patch_size,
-        minutes=options.minutes,
-        lr=1e-3,
-        warmup=50,  # a 5-minute CPU run makes a few hundred steps: 200 warm-up steps would be half of it
-        ckpt_every=200,
-        seed=options.seed,
-    )
+def demo_files(out: Path) -> dict[str, Path]:
+    """What ``demo`` writes, by role, so that all of it is checked before any work."""
+    return {
+        "brain": out / "brain.nii.gz",
+        "brain_png": out / "brain.png",
+        "clean": out / "holdout_clean.nii.gz",
+        "noisy": out / "holdout_noisy.nii.gz",
+        "denoised": out / "holdout_denoised.nii.gz",
+        "denoise_png": out / "holdout_before_after.png",
+        "record": out / "demo.json",
+    }
+
+
+def fine_tune_config(prior: Run, out: Path, minutes: float, seed: int) -> TrainConfig:
+    """The prior's own training configuration, continued from its weights for ``minutes`` in ``out``."""
+    cfg = prior.config
+    return dataclasses.replace(
+        cfg, out=str(out), minutes=minutes, steps=None, init=prior.name, seed=seed, warmup=0, device="auto",
+        lr_schedule="constant",
+    )  # fmt: skip
 
 
 def demo(
     options: DemoOptions, settings: SamplerSettings, say: Callable[[str], None] = print
 ) -> dict[str, Any]:
-    """Train (or train further) on the template, then sample one whole brain: NIfTI + montage PNG."""
-    from volscore.generate import describe_record, sample_run
+    """The main job: one brain sampled from the 3D prior (stitched over the whole volume; NIfTI + montage),
+    and a noisy copy of the template's hold-out block denoised by the T1 denoiser (before/after PNG, PSNR).
+    With ``options.minutes`` the prior is first trained further (fine-tuned) into ``out/prior``."""
+    import numpy as np
+
+    from volscore.data.nifti import load_volume, resolve_paths, save_volume
+    from volscore.data.patches import MNI152_HOLDOUT_CROP
+    from volscore.denoise.command import before_after_png
+    from volscore.denoise.files import denoise_file
+    from volscore.generate import sample_run
+    from volscore.metrics.volumes import psnr, volume_sample_quality
+    from volscore.options import DenoiseOptions
+    from volscore.outputs import check_outputs
     from volscore.run import Run
 
     options.validate()
     settings.validate()
-    out = train_or_resume(demo_config(options), say)
-    sample = SampleOptions(out=str(out / "sample.nii.gz"), seed=options.seed, force=True)
-    record = sample_run(Run.load(out), sample, settings)
-    say(describe_record(record))
-    files = record["files"]
-    say(f"pictures: {files['png']}, {out / 'loss.png'}; volume: {files['nii']}; run: {out}")
-    return record
+    out = Path(options.out)
+    files = demo_files(out)
+    check_outputs(files.values(), force=options.force)  # before minutes of work
+    prior = Run.load(options.prior)
+    denoiser = Run.load(options.denoiser)  # both loaded (and hash-checked) before any work
+    if options.minutes > 0:
+        tuned = out / "prior"
+        say(f"training {prior.name} further for {options.minutes:g} minutes in {tuned}")
+        train_or_resume(fine_tune_config(prior, tuned, options.minutes, options.seed), say)
+        prior = Run.load(tuned)
+    out.mkdir(parents=True, exist_ok=True)
+
+    say(
+        f"sampling a brain from {prior.name} ({prior.step} training steps), stitched from "
+        f"{prior.patch_size}^3 patches"
+    )
+    sample = SampleOptions(out=str(files["brain"]), seed=options.seed, force=True)
+    record = sample_run(prior, sample, settings)
+    brain = load_volume(files["brain"]).data
+    scaler = prior.scaler()
+    quality = volume_sample_quality(scaler.forward(brain), prior.training_volume())
+    say(f"brain: {record['shape']} voxels at {prior.zooms[0]:g} mm in {record['seconds']:.0f} s "
+        f"({record['nfe']} network evaluations); against the template: SSIM {quality['ssim']:.2f}, "
+        f"noise {quality['noise_ratio']:.2f}x the template's")  # fmt: skip
+
+    template = load_volume(resolve_paths("mni152")[0])
+    clean = template.data[MNI152_HOLDOUT_CROP]
+    level = float(np.percentile(clean, 99.5))
+    rng = np.random.default_rng(options.seed)
+    noisy = clean + options.noise * level * rng.standard_normal(clean.shape).astype(np.float32)
+    crop_affine = template.affine.copy()
+    crop_affine[:3, 3] += template.affine[:3, :3] @ [s.start for s in MNI152_HOLDOUT_CROP]
+    reference = dataclasses.replace(template, data=clean, affine=crop_affine)
+    save_volume(files["clean"], clean, reference)
+    save_volume(files["noisy"], noisy, reference)
+    den = DenoiseOptions(
+        run=denoiser.name, sigma=str(options.noise * level), background="none", seed=options.seed
+    )
+    den_record = denoise_file(files["noisy"], files["denoised"], den, run=denoiser, force=True)
+    denoised = load_volume(files["denoised"]).data
+    before, after = psnr(noisy, clean, level), psnr(denoised, clean, level)
+    before_after_png(files["noisy"], files["denoised"], files["denoise_png"])
+    say(f"denoised the template's hold-out (never trained on) with {denoiser.name}: PSNR {before:.2f} dB -> "
+        f"{after:.2f} dB in {den_record['timings']['denoise']:.1f} s")  # fmt: skip
+    result = {
+        "prior": prior.name, "denoiser": denoiser.name, "sample": record, "sample_quality": quality,
+        "denoise": {"psnr_noisy": before, "psnr_denoised": after, "sigma": options.noise * level,
+                    "seconds": den_record["timings"]["denoise"]},
+        "files": {k: str(v) for k, v in files.items()},
+    }  # fmt: skip
+    from volscore.atomic import atomic_write_json
+
+    atomic_write_json(files["record"], result)
+    say("files:\n" + "\n".join(f"  {k:<12} {v}" for k, v in result["files"].items()))
+    return result
 
 
 def baseline_config(options: BaselineOptions) -> TrainConfig:

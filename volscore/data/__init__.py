@@ -27,6 +27,7 @@ _EXPORTS = {
     "default_region": "patches",
     "MNI152_TRAIN_REGION": "patches",
     "MNI152_HOLDOUT_REGION": "patches",
+    "MNI152_HOLDOUT_CROP": "patches",
     "load_mnist": "mnist",
     "read_idx": "mnist",
     "fetch_mnist": "mnist",
