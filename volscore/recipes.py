@@ -14,7 +14,15 @@ from typing import Any
 
 from volscore.config import TrainConfig
 from volscore.options import BaselineOptions, DemoOptions, SampleOptions
+from volscore.outputs import check_outputs
 from volscore.sampling.settings import SamplerSettings
+
+
+def _check_outputs_first(out: str, names: tuple[str, ...]) -> None:
+    """The files a recipe writes into its run folder after training, checked before it trains: they are the
+    run's own and replaced on every call, but anything that would refuse them (a folder in their place) is
+    refused at once rather than after the training."""
+    check_outputs([Path(out) / name for name in names], force=True)
 
 
 def train_or_resume(cfg: TrainConfig, say: Callable[[str], None] = print) -> Path:
@@ -58,6 +66,7 @@ def demo(
 
     options.validate()
     settings.validate()
+    _check_outputs_first(options.out, ("sample.nii.gz", "sample.png"))
     out = train_or_resume(demo_config(options), say)
     sample = SampleOptions(out=str(out / "sample.nii.gz"), seed=options.seed, force=True)
     record = sample_run(Run.load(out), sample, settings)
@@ -89,6 +98,7 @@ def baseline(
 
     options.validate()
     settings.validate()
+    _check_outputs_first(options.out, ("samples.png", "samples.npy", "metrics.json"))
     out = train_or_resume(baseline_config(options), say)
     sample = SampleOptions(out=str(out / "samples.png"), n=options.n, seed=options.seed, force=True)
     record = sample_run(Run.load(out), sample, settings)
