@@ -137,3 +137,68 @@ def test_run_folder_with_a_foreign_config_is_refused(tmp_path):
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(OutputError, match="not a folder"):
         check_run_folder(tmp_path / "a_file")
+
+
+# -- RunLock -------------------------------------------------------------------------------------------------
+HOLD_LOCK = """
+import sys
+from volscore.outputs import RunLock
+RunLock(sys.argv[1]).acquire()
+print("locked", flush=True)
+sys.stdin.read()  # hold it until killed or stdin closes
+"""
+
+
+@pytest.mark.reliability
+def test_run_lock_refuses_a_live_holder_naming_it_and_takes_over_after_a_kill(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from volscore.outputs import RUN_LOCK, RunLock, RunLockError
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(tmp_path / "run")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        held = json.loads((tmp_path / "run" / RUN_LOCK).read_text())
+        assert held["pid"] == holder.pid and held["host"]
+        with pytest.raises(RunLockError, match=f"PID {holder.pid} on {held['host']}"):
+            RunLock(tmp_path / "run").acquire()
+    finally:
+        holder.send_signal(signal.SIGKILL)  # no release: the file stays, naming a process that is gone
+        holder.wait()
+    assert json.loads((tmp_path / "run" / RUN_LOCK).read_text())["pid"] == holder.pid
+    lock = RunLock(tmp_path / "run").acquire()  # stale: the kernel dropped the dead process's flock
+    assert lock.held and lock.stale["pid"] == holder.pid
+    assert json.loads((tmp_path / "run" / RUN_LOCK).read_text())["pid"] == os.getpid()
+    lock.release()
+    assert not (tmp_path / "run" / RUN_LOCK).exists()
+
+
+@pytest.mark.reliability
+def test_run_lock_is_one_holder_at_a_time_in_one_process_too(tmp_path):
+    from volscore.outputs import RUN_LOCK, RunLock, RunLockError
+
+    first = RunLock(tmp_path).acquire()
+    with pytest.raises(RunLockError, match="this process"):
+        RunLock(tmp_path).acquire()
+    assert first.acquire() is first and first.held  # acquiring again what one holds is a no-op
+    first.release()
+    first.release()  # twice is harmless
+    second = RunLock(tmp_path).acquire()
+    assert second.stale is None and (tmp_path / RUN_LOCK).exists()
+    second.release()
+
+
+def test_run_folder_holding_only_a_lock_is_a_run_that_is_starting(tmp_path):
+    from volscore.outputs import RUN_LOCK
+
+    (tmp_path / "starting").mkdir()
+    (tmp_path / "starting" / RUN_LOCK).write_text("{}")
+    assert check_run_folder(tmp_path / "starting") == tmp_path / "starting"

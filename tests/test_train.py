@@ -392,3 +392,188 @@ def test_trainer_trains_alike_with_both_ssm_methods(tmp_path):
         runs[method].run()
     # The same maths: only float32 rounding differs (Adam's first steps move each weight by about lr).
     assert _max_param_diff(runs["exact"].model, runs["forward"].model) < 1e-4
+
+
+# -- one training per run folder, interrupts, a full disk, non-finite weights ----------------------------------
+@pytest.mark.reliability
+def test_a_second_training_on_the_same_run_is_refused_until_the_first_ends(tmp_path):
+    import os
+
+    from volscore.outputs import RUN_LOCK, RunLockError
+
+    first = Trainer(_cfg(tmp_path / "r", 2), progress=False)
+    assert json.loads((tmp_path / "r" / RUN_LOCK).read_text())["pid"] == os.getpid()
+    for resume in (True, False):  # resuming it, or starting a new run in its folder
+        with pytest.raises(RunLockError, match=f"this process|PID {os.getpid()}"):
+            Trainer(_cfg(tmp_path / "r", 3), resume=resume, progress=False)
+    first.run()
+    assert not (tmp_path / "r" / RUN_LOCK).exists()  # released when run() ends
+    with Trainer(_cfg(tmp_path / "r", 3), resume=True, progress=False) as second:
+        assert second.lock.held and second.step == 2
+    assert not (tmp_path / "r" / RUN_LOCK).exists()  # and by close()
+
+
+@pytest.mark.reliability
+def test_a_stale_lock_is_taken_over_and_a_refused_run_leaves_no_folder(tmp_path):
+    from volscore.outputs import RUN_LOCK
+
+    Trainer(_cfg(tmp_path / "r", 1), progress=False).run()
+    # what a killed trainer leaves: the file, naming a process that is gone, but no flock on it
+    (tmp_path / "r" / RUN_LOCK).write_text('{"pid": 999999999, "host": "here", "since": "then"}')
+    with Trainer(_cfg(tmp_path / "r", 2), resume=True, progress=False) as t:
+        assert t.lock.stale["pid"] == 999999999
+    with pytest.raises(ValueError, match="mnistt"):  # a new run refused after taking its lock
+        Trainer(_cfg(tmp_path / "new" / "run", 1, data=["mnistt"]), progress=False)
+    assert not (tmp_path / "new").exists()
+
+
+def _signal_at(trainer: Trainer, step: int, signum: int) -> None:
+    """Send ``signum`` to this process while step ``step`` is being trained."""
+    import os
+
+    real = trainer.train_step
+
+    def step_then_signal():
+        info = real()
+        if trainer.step == step:
+            os.kill(os.getpid(), signum)
+        return info
+
+    trainer.train_step = step_then_signal
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_a_stop_signal_finishes_the_step_saves_and_the_resumed_run_is_the_same(tmp_path, signame):
+    import signal
+
+    from volscore.outputs import RUN_LOCK
+    from volscore.train import TrainingInterrupted
+
+    signum = getattr(signal, signame)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    straight = Trainer(_cfg(tmp_path / "a", 6), progress=False)
+    straight.run()
+    t = Trainer(_cfg(tmp_path / "b", 6), progress=False)  # checkpoints only at the end (ckpt_every 100)
+    _signal_at(t, 3, signum)
+    with pytest.raises(TrainingInterrupted) as info:
+        t.run()
+    e = info.value
+    assert e.signum == signum and e.exit_status == 128 + signum and t.step == 3
+    assert f"{signame} at step 3" in str(e) and f"--out {tmp_path / 'b'} --resume --steps 6" in str(e)
+    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["step"] == 3  # saved at the interrupt
+    assert {s: signal.getsignal(s) for s in handlers} == handlers  # the handlers are put back
+    assert not (tmp_path / "b" / RUN_LOCK).exists()
+    resumed = Trainer(_cfg(tmp_path / "b", 6), resume=True, progress=False)
+    resumed.run()
+    for name in ("model", "ema"):
+        a, b = _params(getattr(straight, name)), _params(getattr(resumed, name))
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+@pytest.mark.reliability
+def test_cli_train_exits_143_on_sigterm_with_the_resume_command(tmp_path, capsys, monkeypatch):
+    import os
+    import signal
+
+    from volscore.cli import main
+
+    real = Trainer.train_step
+
+    def step_then_sigterm(self):
+        info = real(self)
+        if self.step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return info
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_sigterm)
+    run = tmp_path / "r"
+    argv = ["train", "--data", "mnist", "--out", str(run), "--steps", "50", "--preset", "tiny"]
+    assert main([*argv, "--batch-size", "4", "--sigma-max", "5", "--num-sigmas", "4", "--amp", "off"]) == 143
+    err = capsys.readouterr().err
+    assert "SIGTERM at step 2" in err and f"--out {run} --resume --steps 50" in err
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 2
+
+
+SIGTERM_CHILD_TIMEOUT = 120  # seconds: a tiny MNIST run starts in a few seconds even on a busy machine
+
+
+@pytest.mark.reliability
+def test_sigterm_to_a_training_process_saves_and_exits_143(tmp_path):
+    """The real thing, once: ``volscore train`` in its own process, SIGTERM while it trains."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    run = tmp_path / "r"
+    argv = [sys.executable, "-m", "volscore", "train", "--data", "mnist", "--out", str(run), "--preset", "tiny"]
+    argv += ["--steps", "100000", "--batch-size", "4", "--ckpt-every", "100000"]
+    argv += ["--sigma-max", "5", "--num-sigmas", "4", "--amp", "off", "--threads", "1"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PYTHONWARNINGS": "ignore"}
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + SIGTERM_CHILD_TIMEOUT
+        while not (run / "metrics.csv").exists():  # written at step 25, inside the training loop
+            assert child.poll() is None, child.communicate()
+            assert time.monotonic() < deadline, "the training did not start"
+            time.sleep(0.05)
+        child.send_signal(signal.SIGTERM)
+        out, err = child.communicate(timeout=SIGTERM_CHILD_TIMEOUT)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 143, err
+    step = load_checkpoint(run / "checkpoint.pt")["step"]
+    assert step >= 1 and f"SIGTERM at step {step}" in err and "--resume" in err
+    assert not (run / "run.lock").exists() and not list(run.glob(".checkpoint.*"))
+
+
+@pytest.mark.reliability
+def test_a_full_disk_while_saving_is_a_clear_error_and_the_previous_checkpoint_is_kept(
+    tmp_path, capsys, monkeypatch
+):
+    import errno
+
+    from volscore import train
+    from volscore.atomic import atomic_write
+    from volscore.cli import main
+
+    calls = []
+
+    def disk_fills_up(path, state):
+        calls.append(state["step"])
+        if len(calls) == 1:
+            return save_checkpoint(path, state)
+
+        def half_then_full(tmp):
+            tmp.write_bytes(b"half a checkpoint")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        return atomic_write(path, half_then_full)
+
+    monkeypatch.setattr(train, "save_checkpoint", disk_fills_up)
+    run = tmp_path / "r"
+    argv = ["train", "--data", "mnist", "--out", str(run), "--steps", "4", "--ckpt-every", "2"]
+    argv += ["--preset", "tiny", "--batch-size", "4", "--sigma-max", "5", "--num-sigmas", "4", "--amp", "off"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "checkpoint.pt" in err and "step 2 on disk is intact" in err
+    assert "Traceback" not in err and calls == [2, 4]
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 2  # the previous checkpoint, whole
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".") or p.name == "run.lock") == []
+
+
+@pytest.mark.reliability
+def test_resume_refuses_non_finite_weights_naming_the_tensor(tmp_path):
+    Trainer(_cfg(tmp_path / "r", 1), progress=False).run()
+    state = load_checkpoint(tmp_path / "r" / "checkpoint.pt")
+    name = next(k for k, v in state["model"].items() if v.is_floating_point())
+    state["model"][name][...] = float("nan")
+    save_checkpoint(tmp_path / "r" / "checkpoint.pt", state)
+    with pytest.raises(CheckpointError, match=f"non-finite model weights.*{name}"):
+        Trainer(_cfg(tmp_path / "r", 2), resume=True, progress=False)
+    assert not (tmp_path / "r" / "run.lock").exists()

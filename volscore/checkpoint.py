@@ -60,6 +60,22 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return state
 
 
+def check_finite(path: str | os.PathLike, tensors: dict[str, Any], what: str) -> None:
+    """Refuse weights holding NaN or Inf, naming the tensors: every output of such a model is non-finite
+    (a run that diverged, or a damaged file), which would otherwise surface only as NaN samples."""
+    bad = [
+        name
+        for name, t in tensors.items()
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise CheckpointError(
+            f"{path}: non-finite {what} (NaN or Inf) in {', '.join(bad[:3])}{more}; the run diverged or the "
+            "file is damaged: use an earlier checkpoint or train again"
+        )
+
+
 def check_model_args(path: str | os.PathLike, expected: dict[str, Any], found: dict[str, Any]) -> None:
     """Refuse a checkpoint whose model arguments differ from the run's, naming each mismatch."""
     diffs = _diff(expected, found)

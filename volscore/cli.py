@@ -13,10 +13,11 @@ from volscore.config import TrainConfig
 from volscore.options import (
     BASELINE_SAMPLER,
     DEMO_SAMPLER,
-    NOISE_MODELS,
+    VOLUME_INDEX_HELP,
     BaselineOptions,
     DemoOptions,
     DenoiseOptions,
+    NoisyOptions,
     SampleOptions,
 )
 from volscore.sampling.settings import SamplerSettings
@@ -57,6 +58,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     _threads(a)
     with Trainer(cfg, resume=a.resume, asked=_asked(a)) as trainer:
         c, say = trainer.cfg, _say_rank0(trainer.rank)
+        if trainer.lock.stale:
+            say(f"took over {trainer.lock.path} left by PID {trainer.lock.stale.get('pid')}, which has ended")
         ranks = f" on {trainer.world} processes" if trainer.world > 1 else ""
         say(
             f"training {c.objective} on {' '.join(c.data)}{ranks}: sigma {c.sigma_max} -> {c.sigma_min} "
@@ -119,7 +122,7 @@ def cmd_info(a: argparse.Namespace) -> int:
     from volscore.data.nifti import describe
 
     for path in a.files:
-        print(describe(path))
+        print(describe(path, a.volume_index))
     return 0
 
 
@@ -147,7 +150,8 @@ def cmd_denoise(a: argparse.Namespace) -> int:
 def cmd_noisy(a: argparse.Namespace) -> int:
     from volscore.corrupt import make_noisy_file
 
-    r = make_noisy_file(a.input, a.output, a.fraction, a.noise, a.seed, a.force)
+    o = from_namespace(NoisyOptions, a)
+    r = make_noisy_file(a.input, a.output, o.fraction, o.noise, o.seed, o.force, o.volume_index)
     print(f"{r['input']} -> {r['output']}: {r['noise']} noise, sigma {r['sigma']:.4g} "
           f"({r['fraction']} x the 99.5th percentile)")  # fmt: skip
     return 0
@@ -238,13 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
         "noisy", help="write a noisy copy of a scan (known noise, to try the denoiser)", formatter_class=fmt
     )
     p.add_argument("input", help="NIfTI scan, or mni152 for the bundled template")
-    p.add_argument("output")
-    p.add_argument(
-        "--fraction", type=finite(float), default=0.05, help="noise sd / the scan's 99.5th percentile"
-    )
-    p.add_argument("--noise", choices=NOISE_MODELS, default="gaussian")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--force", action="store_true")
+    p.add_argument("output", help="noisy NIfTI to write")
+    add_arguments(p, NoisyOptions)
     p.set_defaults(func=cmd_noisy)
 
     p = sub.add_parser(
@@ -254,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="describe NIfTI files", formatter_class=fmt)
     p.add_argument("files", nargs="+")
+    p.add_argument("--volume-index", type=finite(int), help=VOLUME_INDEX_HELP)
     p.set_defaults(func=cmd_info)
     return parser
 
@@ -269,9 +269,17 @@ def main(argv: list[str] | None = None) -> int:
     except (VolumeError, CheckpointError, OSError, ValueError, FloatingPointError) as e:
         print(f"volscore {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"volscore {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except MemoryError as e:
+        print(f"volscore {args.command}: error: not enough memory {e}".rstrip(), file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # torch's allocation failures: CPU (a plain RuntimeError) and CUDA
+        if "can't allocate memory" not in str(e) and type(e).__name__ != "OutOfMemoryError":
+            raise
+        print(f"volscore {args.command}: error: not enough memory ({e})", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:  # Ctrl-C; training stopped by SIGINT/SIGTERM (TrainingInterrupted)
+        print(f"volscore {args.command}: interrupted{f': {e}' if str(e) else ''}", file=sys.stderr)
+        return int(getattr(e, "exit_status", 130))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,9 @@ WEIGHTINGS = ("sigma2", "edm")
 PRECONDITIONERS = ("edm", "ncsnv2")  # volscore.nets.precond.Preconditioner kinds
 PRESET_NAMES = ("tiny", "small", "base")  # volscore.nets.presets.PRESETS (a test checks they agree)
 LR_SCHEDULES = ("constant", "cosine")
+# Seeds are non-negative (numpy refuses others) and leave room for the offsets added to them (seed + i for
+# sample i, seed + 1_000_003 r for shard r) below torch's 2^64.
+SEED_MAX = 2**63 - 1
 
 # The fields a resumed run may change: the budget and how it runs, never the model, data or objective.
 RUNTIME_FIELDS = (
@@ -141,7 +144,7 @@ class TrainConfig:
         ]
 
     def validate(self) -> None:
-        """Refuse what cannot run, naming the option: choices, budgets, finite positive numbers."""
+        """Refuse what cannot run, naming the option: choices, budgets, finite positive numbers, seeds."""
         for name, allowed in (
             ("objective", OBJECTIVES),
             ("ssm_method", SSM_METHODS),
@@ -184,6 +187,9 @@ class TrainConfig:
             raise ValueError(f"--coord-frequencies must be in [0, 12], got {self.coord_frequencies}")
         if self.warmup < 0:
             raise ValueError(f"--warmup must be >= 0, got {self.warmup}")
+        if self.max_skipped < 0:
+            raise ValueError(f"max_skipped must be >= 0, got {self.max_skipped}")
+        check_seed(self.seed)
         if not (math.isfinite(self.p_mean) and 0 <= self.ema_decay < 1):
             raise ValueError(
                 f"need a finite --p-mean and 0 <= --ema-decay < 1, got {self.p_mean}, {self.ema_decay}"
@@ -201,3 +207,9 @@ class TrainConfig:
                 f"--compile cannot train {self.objective}: torch.compile does not support its double "
                 "backward; use --objective ssm-fd or dsm, or drop --compile"
             )
+
+
+def check_seed(seed: int, name: str = "seed") -> None:
+    """Refuse a seed outside [0, SEED_MAX], naming the option."""
+    if not 0 <= seed <= SEED_MAX:
+        raise ValueError(f"--{name.replace('_', '-')} must be an integer in [0, 2^63 - 1], got {seed}")

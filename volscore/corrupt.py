@@ -8,14 +8,15 @@ fraction of the intensity range).
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from volscore.data.nifti import load_volume, resolve_paths, save_volume
-from volscore.options import NOISE_MODELS
+from volscore.data.nifti import VolumeError, check_volume_output, load_volume, resolve_paths, save_volume
+from volscore.options import NOISE_MODELS, NoisyOptions
 
 
 def reference_level(data: np.ndarray) -> float:
@@ -45,14 +46,28 @@ def make_noisy_file(
     noise: str = "gaussian",
     seed: int = 0,
     force: bool = False,
+    volume_index: int | None = None,
 ) -> dict[str, Any]:
-    """Write a noisy copy of ``input`` ("mni152" for the bundled template) with sigma = ``fraction`` x its
-    99.5th percentile; returns what was done (sigma in input units). Never over the input."""
+    """Write a noisy copy of ``input`` ("mni152" for the bundled template; volume ``volume_index`` of a 4D
+    file) with sigma = ``fraction`` x its 99.5th percentile; returns what was done (sigma in input units).
+    The options and the output are checked before the scan is read; never over the input, and nothing is
+    written when the noisy copy would not be finite."""
+    NoisyOptions(fraction, noise, seed, volume_index, force).validate()
     (src,) = resolve_paths(str(input)) if str(input) == "mni152" else (Path(input).expanduser(),)
-    dst = Path(output).expanduser()
-    if dst.exists() and not force:
-        raise FileExistsError(f"{dst}: output exists; pass --force to replace it")
-    volume = load_volume(src)
-    sigma = fraction * reference_level(volume.data)
-    save_volume(dst, add_noise(volume.data, sigma, noise, seed), reference=volume)
+    dst = check_volume_output(output, inputs=[src], force=force)
+    volume = load_volume(src, volume_index)
+    level = reference_level(volume.data)
+    sigma = fraction * level
+    if not (math.isfinite(sigma) and sigma > 0):
+        raise VolumeError(
+            f"{src}: its 99.5th percentile is {level:g}, so --fraction {fraction} gives no noise level "
+            f"(sigma {sigma:g}); noisy copies need a scan whose bright voxels are > 0"
+        )
+    noisy = add_noise(volume.data, sigma, noise, seed)
+    if not np.isfinite(noisy).all():
+        raise FloatingPointError(
+            f"{src}: --fraction {fraction} gives sigma {sigma:.4g}, beyond float32's range: the noisy copy "
+            f"would hold {int((~np.isfinite(noisy)).sum())} non-finite voxels (nothing written)"
+        )
+    save_volume(dst, noisy, reference=volume)
     return {"input": str(src), "output": str(dst), "noise": noise, "sigma": sigma, "fraction": fraction}

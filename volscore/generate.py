@@ -8,6 +8,7 @@ Sample i uses its own generator (seed + i), so it does not depend on the batch s
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,11 +19,42 @@ import torch
 from torch import Tensor
 
 from volscore.options import SampleOptions
-from volscore.outputs import check_outputs
-from volscore.run import Run
+from volscore.outputs import OutputError, check_outputs
+from volscore.run import Run, run_files
 from volscore.sampling.langevin import randn_like
 from volscore.sampling.settings import SamplerSettings
 from volscore.sampling.table import run_sampler, sampling_sigmas
+
+IMAGE_BATCH = 64  # whole images or shapes sampled at once
+# What a chain holds, for the memory estimate (float32): SAMPLE_COPIES sample-sized tensors (x, score, noise,
+# the previous step, the stitcher's sums and weights), and per batch item ACTIVATION_COPIES feature maps of
+# the network's first level for each of its channels.
+SAMPLE_COPIES = 8
+ACTIVATION_COPIES = 4
+
+
+def sample_memory_bytes(run: Run, n: int, size: Sequence[int], tile_batch: int = 8) -> int:
+    """About how much memory sampling ``n`` samples of spatial ``size`` from ``run`` holds at its peak."""
+    voxels = run.channels * math.prod(size)
+    width = int(run.model_args["net"].get("channels", [1])[0])
+    if run.patch_size is None:  # whole samples, IMAGE_BATCH at a time; every sample is kept
+        return 4 * voxels * (n + min(n, IMAGE_BATCH) * (SAMPLE_COPIES + ACTIVATION_COPIES * width))
+    tiles = tile_batch * run.patch_size ** len(size) * ACTIVATION_COPIES * width
+    return 4 * (voxels * (n + SAMPLE_COPIES) + tiles)
+
+
+def check_sample_memory(run: Run, n: int, size: Sequence[int], tile_batch: int = 8) -> None:
+    """Refuse, with the estimate, a request that cannot fit in the memory available now."""
+    from volscore.machine import available_memory_bytes
+
+    need, available = sample_memory_bytes(run, n, size, tile_batch), available_memory_bytes()
+    if available is not None and need > available:
+        many, voxels = f" x {n} samples" if n > 1 else "", " x ".join(map(str, [run.channels, *size]))
+        raise ValueError(
+            f"--shape {' '.join(map(str, size))}{many}: sampling needs about {need / 2**30:.1f} GiB of "
+            f"memory ({SAMPLE_COPIES} float32 copies of {voxels} voxels and more), "
+            f"{available / 2**30:.1f} GiB available; ask for a smaller --shape or fewer --n"
+        )
 
 
 def run_sigmas(run: Run, settings: SamplerSettings) -> Tensor:
@@ -38,7 +70,7 @@ def sample_images(
     settings: SamplerSettings,
     sigmas: Tensor,
     seed: int = 0,
-    batch_size: int = 64,
+    batch_size: int = IMAGE_BATCH,
     progress: bool = True,
 ) -> Tensor:
     """n samples of ``shape`` (C, *spatial) from a score model ``model(x, sigma)``, in batches."""
@@ -111,6 +143,7 @@ def sample_run_tensor(
     size = list(shape) if shape else run.sample_shape
     if len(size) != run.spatial_dims or any(s < 1 for s in size):
         raise ValueError(f"shape must be {run.spatial_dims} positive sizes, got {size}")
+    check_sample_memory(run, n, size, tile_batch)
     sigmas = run_sigmas(run, settings)
     if run.patch_size is None:  # a model of whole samples
         return sample_images(
@@ -128,8 +161,8 @@ def sample_run_tensor(
 def _outputs(run: Run, out: Path, options: SampleOptions) -> dict[str, Path]:
     """The files ``sample_run`` will write, by role, so that all of them are checked before sampling."""
     if run.kind == "shapes":
-        if out.suffix in (".png", ".gz", ".nii", ".npy"):
-            raise ValueError(f"{out}: a shape run samples into a folder (e.g. --out shapes/), not a file")
+        if out.suffix in (".png", ".gz", ".nii", ".npy") or (out.exists() and not out.is_dir()):
+            raise OutputError(f"{out}: a shape run samples into a folder (e.g. --out shapes/), not a file")
         files = {f"shape_{i:03d}": out / f"shape_{i:03d}.nii.gz" for i in range(options.n)}
         files |= {"npy": out / "samples.npy", "png": out / "shapes.png"}
         if options.mesh:
@@ -148,7 +181,7 @@ def sample_run(run: Run, options: SampleOptions, settings: SamplerSettings) -> d
     settings.validate()
     out = Path(options.out).expanduser()
     files = _outputs(run, out, options)
-    check_outputs(files.values(), force=options.force)  # before any work
+    check_outputs(files.values(), inputs=run_files(run.name), force=options.force)  # before any work
     if options.mesh:
         from volscore.mesh import require_mesh_support
 
@@ -220,7 +253,11 @@ def _write_shapes(x: Tensor, out: Path, files: dict[str, Path], mesh: bool) -> l
 def write_npy(path: Path, array: np.ndarray) -> None:
     from volscore.atomic import atomic_write
 
-    atomic_write(path, lambda tmp: np.save(tmp.open("wb"), array))
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:
+            np.save(f, array)
+
+    atomic_write(path, write)
 
 
 def describe_record(record: dict[str, Any]) -> str:

@@ -1,4 +1,4 @@
-"""What the process may use of this machine: CPU cores, resident memory, and glibc's heap.
+"""What the process may use of this machine: CPU cores, available and resident memory, and glibc's heap.
 
 Shared by the stitcher (heap trimming), the trainer and samplers (thread count) and the benchmarks (RSS).
 """
@@ -91,6 +91,27 @@ def peak_rss_bytes() -> int:
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux, bytes on macOS
     return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def available_memory_bytes() -> int | None:
+    """Memory the system could still give this process (bytes): psutil's ``available`` if psutil is installed,
+    else MemAvailable from /proc/meminfo (Linux); None where neither is known. A container's own limit is
+    not looked at (its page cache would make the headroom look smaller than it is), so this errs high:
+    it is for refusing requests that cannot fit, not for trimming ones that might."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # not installed (it is not a dependency), or no answer on this platform
+        pass
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            for line in f:
+                if line.startswith(b"MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 HEAP_SLACK = 512 * 2**20  # freed heap memory a stitched score may keep before handing it back (bytes)

@@ -9,13 +9,15 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from volscore.config import OBJECTIVES, PRESET_NAMES
+from volscore.config import OBJECTIVES, PRESET_NAMES, check_seed
 from volscore.sampling.settings import STITCH_MODES
 
 NOISE_MODELS = ("gaussian", "rician")
 BACKGROUND_RULES = ("clamp", "none")
 DENOISE_CHAINS = ("pc", "annealed")  # the chains ``denoise.estimators.annealed_denoise`` runs from the scan
 SELF_SUPERVISED_OBJECTIVES = ("dsm", "ssm-vr")
+# volscore.data.nifti.load_volume's volume_index, the flag of every command that reads one scan
+VOLUME_INDEX_HELP = "4D files: the volume to use (0 is the first; negative counts from the end)"
 
 
 def _opt(help: str, **meta: Any) -> dict[str, Any]:
@@ -51,6 +53,7 @@ class SampleOptions:
             raise ValueError(f"stitch must be one of {STITCH_MODES}, got {self.stitch!r}")
         if self.shape is not None and (len(self.shape) not in (2, 3) or any(s < 1 for s in self.shape)):
             raise ValueError(f"--shape must be 2 or 3 positive sizes, got {self.shape}")
+        check_seed(self.seed)
 
 
 @dataclass
@@ -77,6 +80,7 @@ class DenoiseOptions:
     tile_batch: int = field(default=8, metadata=_opt("tiles per network call (bounds memory)"))
     background: str = field(default="clamp", metadata=_opt("rule outside the head", choices=BACKGROUND_RULES))
     device: str = field(default="cpu", metadata=_opt("cpu, cuda or cuda:N"))
+    volume_index: int | None = field(default=None, metadata=_opt(VOLUME_INDEX_HELP))
     fit_overrides: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields for self-supervised fits
 
     @property
@@ -114,6 +118,24 @@ class DenoiseOptions:
                 "a self-supervised model knows only the scan's noise level: use steps=0 (Tweedie)"
             )
         _positive("minutes", self.minutes)
+        check_seed(self.seed)
+
+
+@dataclass
+class NoisyOptions:
+    """``volscore noisy``: a noisy copy of a scan with known noise (``volscore.corrupt.make_noisy_file``)."""
+
+    fraction: float = field(default=0.05, metadata=_opt("noise sd / the scan's 99.5th percentile"))
+    noise: str = field(default="gaussian", metadata=_opt("noise model", choices=NOISE_MODELS))
+    seed: int = field(default=0, metadata=_opt("seed of the noise"))
+    volume_index: int | None = field(default=None, metadata=_opt(VOLUME_INDEX_HELP))
+    force: bool = field(default=False, metadata=_opt("replace an existing output"))
+
+    def validate(self) -> None:
+        _positive("fraction", self.fraction)
+        if self.noise not in NOISE_MODELS:
+            raise ValueError(f"noise must be one of {NOISE_MODELS}, got {self.noise!r}")
+        check_seed(self.seed)
 
 
 # The samplers the recipes use unless told otherwise (their flags' defaults).
@@ -146,6 +168,7 @@ class DemoOptions:
         if not (math.isfinite(self.minutes) and self.minutes >= 0):
             raise ValueError(f"--minutes must be a finite number >= 0, got {self.minutes}")
         _positive("noise", self.noise)
+        check_seed(self.seed)
 
 
 @dataclass
@@ -165,3 +188,4 @@ class BaselineOptions:
         _positive("lr", self.lr)
         if self.n < 2:
             raise ValueError(f"--n must be >= 2 (the Frechet distance needs a covariance), got {self.n}")
+        check_seed(self.seed)

@@ -15,10 +15,18 @@ from typing import TYPE_CHECKING, Any
 
 from volscore.config import TrainConfig
 from volscore.options import BaselineOptions, DemoOptions, SampleOptions
+from volscore.outputs import check_outputs
 from volscore.sampling.settings import SamplerSettings
 
 if TYPE_CHECKING:
     from volscore.run import Run
+
+
+def _check_outputs_first(out: str, names: tuple[str, ...]) -> None:
+    """The files a recipe writes into its run folder after training, checked before it trains: they are the
+    run's own and replaced on every call, but anything that would refuse them (a folder in their place) is
+    refused at once rather than after the training."""
+    check_outputs([Path(out) / name for name in names], force=True)
 
 
 def train_or_resume(cfg: TrainConfig, say: Callable[[str], None] = print) -> Path:
@@ -34,6 +42,21 @@ def train_or_resume(cfg: TrainConfig, say: Callable[[str], None] = print) -> Pat
         )
         trainer.run()
     return Path(cfg.out)
+
+
+def prior_config(
+    out: str, spacing: float = 3.0, patch_size: int = 32, preset: str = "small", steps: int | None = 3000,
+    minutes: float | None = None, seed: int = 0,
+) -> TrainConfig:
+    """The 3D prior recipe of the bundled ``mni152-prior``: the whole template at ``spacing`` in patches with
+    coordinates and their Fourier features (without them the model cannot tell where it is at large sigma and
+    samples are bright blobs: README, "3D prior recipe"), EDM's log-normal sigmas and weighting, lr 1e-3
+    with a short warm-up (a CPU run makes a few thousand steps)."""
+    return TrainConfig(
+        data=["mni152"], out=out, full_volume=True, spacing=spacing, preset=preset, patch_size=patch_size,
+        coord_frequencies=5, sigma_dist="lognormal", weighting="edm", lr=1e-3, warmup=50, steps=steps,
+        minutes=minutes, seed=seed,
+    )  # fmt: skip
 
 
 def demo_files(out: Path) -> dict[str, Path]:
@@ -157,6 +180,7 @@ def baseline(
 
     options.validate()
     settings.validate()
+    _check_outputs_first(options.out, ("samples.png", "samples.npy", "metrics.json"))
     out = train_or_resume(baseline_config(options), say)
     sample = SampleOptions(out=str(out / "samples.png"), n=options.n, seed=options.seed, force=True)
     record = sample_run(Run.load(out), sample, settings)

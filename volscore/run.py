@@ -14,11 +14,21 @@ from typing import Any
 
 import torch
 
-from volscore.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
+from volscore.checkpoint import CHECKPOINT_NAME, CheckpointError, check_finite, load_checkpoint
 from volscore.config import TrainConfig
 from volscore.nets.precond import Preconditioner
+from volscore.outputs import RUN_FILES, RUN_LOCK
 
 PRETRAINED_PREFIX = "pretrained:"
+
+
+def run_files(spec: str | os.PathLike | None) -> list[Path]:
+    """The files of the run ``spec`` on disk (none for ``pretrained:NAME``): inputs that no output of a
+    command reading the run may replace (``outputs.check_outputs``)."""
+    if spec is None or os.fspath(spec).startswith(PRETRAINED_PREFIX):
+        return []
+    folder = Path(spec).expanduser()
+    return [folder / name for name in RUN_FILES if name != RUN_LOCK]
 
 
 @dataclass
@@ -63,6 +73,7 @@ class Run:
             weights = {
                 k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")
             }
+        check_finite(name, weights, "EMA weights" if weights is not state["model"] else "model weights")
         try:
             model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()})
         except RuntimeError as e:

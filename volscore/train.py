@@ -3,7 +3,8 @@
 The run directory holds ``config.json``, ``checkpoint.pt`` (atomic, weights_only-loadable),
 ``metrics.csv``, ``loss.png`` and ``preview.png``. All randomness of a step (batch, sigma, noise,
 projections) comes from one ``torch.Generator`` saved in the checkpoint, so a resumed run continues
-exactly where the saved one stopped.
+exactly where the saved one stopped. One training at a time holds the run folder (``outputs.RunLock``), and
+SIGINT or SIGTERM end it after the current step with a checkpoint (``TrainingInterrupted``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,12 @@ import contextlib
 import csv
 import math
 import os
+import shlex
+import signal
+import threading
 import time
+import weakref
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +29,7 @@ from volscore.atomic import atomic_write_json
 from volscore.checkpoint import (
     CHECKPOINT_NAME,
     CheckpointError,
+    check_finite,
     check_model_args,
     load_checkpoint,
     remove_stale_temporaries,
@@ -31,9 +38,28 @@ from volscore.checkpoint import (
 from volscore.config import RUNTIME_FIELDS, SSM_METHODS, TrainConfig
 from volscore.noise import append_dims, ncsnv2_num_sigmas, randn, sample_training_sigmas, sigma_max_from_data
 from volscore.objectives import dsm_loss, ssm_loss
-from volscore.outputs import check_run_folder
+from volscore.outputs import RunLock, RunLockError, check_run_folder
 
 METRIC_FIELDS = ["step", "loss", "sigma_mean", "lr", "grad_norm", "sec_per_step", "skipped"]
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # finish the step, save, stop (``TrainingInterrupted``)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM ended ``Trainer.run`` after a whole step and a checkpoint. A KeyboardInterrupt, so
+    that whatever called the trainer stops too (a recipe does not go on to sample); ``exit_status`` is the
+    shell's 128 + signal number (130 for SIGINT, 143 for SIGTERM)."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.exit_status = 128 + signum
+
+
+def resume_command(cfg: TrainConfig) -> str:
+    """The command that continues the run of ``cfg`` with the same budget."""
+    budget = f"--steps {cfg.steps}" if cfg.steps is not None else f"--minutes {cfg.minutes:g}"
+    data = " ".join(shlex.quote(d) for d in cfg.data)
+    return f"volscore train --data {data} --out {shlex.quote(cfg.out)} --resume {budget}"
 
 
 def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
@@ -206,11 +232,23 @@ class Trainer:
         cfg.validate()
         self.rank, self.world, self._owns_group = distributed_setup(cfg.device)
         self.out = Path(cfg.out)
-        self.cfg, state = self._configure(cfg, resume, asked)
-        self.progress = progress and self.rank == 0
-        self._build(source, state)
-        if self.rank == 0:
-            self._write_run_files()
+        self.lock = RunLock(self.out)  # held by rank 0 from here to the end of run() or close()
+        weakref.finalize(self, self.lock.release)
+        self._signal: int | None = None
+        self._saved_step: int | None = None
+        created = [p for p in (self.out.absolute(), *self.out.absolute().parents) if not p.exists()]
+        try:
+            self.cfg, state = self._configure(cfg, resume, asked)
+            self.progress = progress and self.rank == 0
+            self._build(source, state)
+            if self.rank == 0:
+                self._write_run_files()
+        except BaseException:
+            self.lock.release()
+            for folder in created:  # leave no empty folder behind a refused run
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            raise
 
     # -- setup: configuration, model and data, files ----------------------------------------------------
     def _configure(
@@ -222,7 +260,12 @@ class Trainer:
             if ckpt_path.exists():
                 raise FileExistsError(f"{self.out}: a run already exists here; use --resume or another --out")
             check_run_folder(self.out)
+            self._take_lock()
+            if ckpt_path.exists():  # another training finished here between the check and the lock
+                raise FileExistsError(f"{self.out}: a run already exists here; use --resume or another --out")
             return cfg, None
+        if self.out.is_dir():  # (else load_checkpoint below says there is no run)
+            self._take_lock()  # before touching the run's files: another trainer may be saving
         if self.rank == 0:  # a run killed while saving leaves its temporary file behind
             remove_stale_temporaries(ckpt_path)
         state = load_checkpoint(ckpt_path)
@@ -238,6 +281,25 @@ class Trainer:
             setattr(saved, name, getattr(cfg, name))
         saved.validate()
         return saved, state
+
+    def _take_lock(self) -> None:
+        """Rank 0 takes the run's lock; under torchrun every rank learns whether it got it."""
+        error = None
+        if self.rank == 0:
+            try:
+                self.lock.acquire()
+            except RunLockError as e:
+                error = str(e)
+        if self.world > 1:
+            import torch.distributed as dist
+
+            nccl = dist.get_backend() == "nccl"
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if nccl else None
+            box = [error]
+            dist.broadcast_object_list(box, src=0, device=device)
+            error = box[0]
+        if error:
+            raise RunLockError(error)
 
     def _build(self, source: Any | None, state: dict[str, Any] | None) -> None:
         """Data, sigma range, model, EMA, optimizer, scaler, generators, DDP and compile."""
@@ -326,7 +388,8 @@ class Trainer:
         )
 
     def close(self) -> None:
-        """Leave the process group this trainer created (torchrun); a no-op otherwise."""
+        """Release the run folder's lock and leave the process group this trainer created (torchrun)."""
+        self.lock.release()
         if self._owns_group:
             import torch.distributed as dist
 
@@ -364,6 +427,10 @@ class Trainer:
         }
 
     def _load_state(self, state: dict[str, Any]) -> None:
+        path = self.out / CHECKPOINT_NAME
+        check_finite(path, state["model"], "model weights")
+        if "ema" in state:
+            check_finite(path, state["ema"], "EMA weights")
         try:
             self.model.load_state_dict(state["model"])
             self.ema.load_state_dict(state["ema"])
@@ -374,6 +441,7 @@ class Trainer:
         except (RuntimeError, KeyError, ValueError) as e:
             raise CheckpointError(f"{self.out / CHECKPOINT_NAME}: state does not fit this run: {e}") from e
         self.step = int(state["step"])
+        self._saved_step = self.step
         self.skipped = int(state.get("skipped", 0))
         self._saved_meta = state.get("data")
         torch.set_rng_state(state["rng"]["torch"])
@@ -382,8 +450,25 @@ class Trainer:
         state = self.state_dict()  # every rank joins the gather inside
         path = self.out / CHECKPOINT_NAME
         if self.rank == 0:
-            save_checkpoint(path, state)
+            with self._writing(path, f"the checkpoint of step {self.step}"):
+                save_checkpoint(path, state)
+            self._saved_step = self.step
         return path
+
+    @contextlib.contextmanager
+    def _writing(self, path: Path, what: str) -> Iterator[None]:
+        """A failed write (a full disk, a lost mount) as an OSError that names the file and says what is kept:
+        writes are atomic, so the previous file is whole."""
+        try:
+            yield
+        except OSError as e:
+            kept = (
+                "no checkpoint was saved yet"
+                if self._saved_step is None
+                else f"the checkpoint of step {self._saved_step} on disk is intact (--resume continues it)"
+            )
+            reason = e.strerror or str(e) or type(e).__name__
+            raise OSError(e.errno, f"{path}: could not write {what} ({reason}); {kept}") from e
 
     # -- training ----------------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -457,17 +542,63 @@ class Trainer:
             return [r for r in csv.DictReader(f) if int(r["step"]) <= self.step]
 
     def _should_stop(self, deadline: float | None) -> bool:
+        """The budget is spent, or a stop signal came (``self._signal``); every rank decides alike."""
         stop = (self.cfg.steps is not None and self.step >= self.cfg.steps) or (
             deadline is not None and time.monotonic() >= deadline
         )
-        if self.world > 1:  # rank 0's clock decides, so every rank stops at the same step
-            flag = torch.tensor([float(stop)], device=self.device)
-            torch.distributed.broadcast(flag, src=0)
-            stop = bool(flag.item())
-        return stop
+        if self.world > 1:  # rank 0's clock decides, and a signal to any rank stops every rank at this step
+            flags = torch.tensor(
+                [float(stop and self.rank == 0), float(self._signal or 0)], device=self.device
+            )
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+            stop, self._signal = bool(flags[0].item()), int(flags[1].item()) or None
+        return stop or self._signal is not None
+
+    @contextlib.contextmanager
+    def _stop_signals(self) -> Iterator[None]:
+        """SIGINT and SIGTERM only set ``self._signal`` (the loop stops after the step it is in and saves);
+        the first one puts the previous handler back, so a second one acts at once as usual."""
+        if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
+            yield
+            return
+
+        def stop(signum: int, frame: Any) -> None:
+            self._signal = signum
+            signal.signal(signum, previous[signum])
+
+        previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+        for s in STOP_SIGNALS:
+            signal.signal(s, stop)
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
     def run(self) -> Path:
-        """Train until ``steps`` in total or ``minutes`` of wall-clock, then checkpoint and plot."""
+        """Train until ``steps`` in total or ``minutes`` of wall-clock, then checkpoint and plot.
+
+        SIGINT or SIGTERM end it early in the same way (the step in progress is finished and saved), then
+        raise ``TrainingInterrupted`` with the command that resumes the run. The run folder's lock is
+        released when this returns or raises."""
+        if self.rank == 0:
+            self.lock.acquire()  # held since __init__, unless an earlier run() released it
+        self._signal = None
+        try:
+            with self._stop_signals():
+                self._train()
+        finally:
+            self.lock.release()
+        if self._signal is not None:
+            name = signal.Signals(self._signal).name
+            raise TrainingInterrupted(
+                self._signal,
+                f"{name} at step {self.step}: stopped after the step and saved {self.out / CHECKPOINT_NAME}; "
+                f"continue with: {resume_command(self.cfg)}",
+            )
+        return self.out
+
+    def _train(self) -> None:
         from tqdm.auto import tqdm
 
         cfg = self.cfg
@@ -511,13 +642,13 @@ class Trainer:
         if self.rank == 0 and rows:
             from volscore.plots import save_loss_curve
 
-            save_loss_curve(
-                [int(r["step"]) for r in rows],
-                [float(r["loss"]) for r in rows],
-                self.out / "loss.png",
-                ylabel=f"{cfg.objective} loss (sigma^2-weighted)",
-            )
-        return self.out
+            with self._writing(self.out / "loss.png", "the loss curve"):
+                save_loss_curve(
+                    [int(r["step"]) for r in rows],
+                    [float(r["loss"]) for r in rows],
+                    self.out / "loss.png",
+                    ylabel=f"{cfg.objective} loss (sigma^2-weighted)",
+                )
 
     def _write_metrics(self, rows: list[dict[str, str]]) -> None:
         if self.rank != 0:
@@ -525,4 +656,5 @@ class Trainer:
         from volscore.atomic import atomic_write_text
 
         lines = [",".join(METRIC_FIELDS)] + [",".join(r[k] for k in METRIC_FIELDS) for r in rows]
-        atomic_write_text(self.out / "metrics.csv", "\n".join(lines) + "\n")
+        with self._writing(self.out / "metrics.csv", "the metrics"):
+            atomic_write_text(self.out / "metrics.csv", "\n".join(lines) + "\n")

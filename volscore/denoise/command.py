@@ -9,6 +9,7 @@ from pathlib import Path
 from volscore.denoise.files import denoise_file, denoise_folder
 from volscore.options import DenoiseOptions
 from volscore.outputs import check_outputs
+from volscore.run import run_files
 
 PathLike = str | os.PathLike
 
@@ -57,22 +58,23 @@ def denoise_paths(
     src, dst = Path(input), Path(output)  # type: ignore[arg-type]
     json_path = Path(record) if record else dst.parent / (dst.name.split(".nii")[0] + ".denoise.json")
     extras = [json_path] + ([Path(png)] if png else [])
-    check_outputs([dst, *extras], inputs=[src], force=force)  # before minutes of work
+    # before minutes of work: no output over the scan or the run's files
+    check_outputs([dst, *extras], inputs=[src, *run_files(options.run)], force=force)
     rec = denoise_file(src, dst, options, force=force, fit_dir=fit_dir)
     lines = [f"{src} -> {dst}  {_sigma_text(rec)}, {rec['method']}, {rec['timings']['total']:.1f} s"]
     lines += [f"warning: {w}" for w in rec["warnings"]]
     if png:
-        before_after_png(src, dst, Path(png))
+        before_after_png(src, dst, Path(png), options.volume_index)
         lines.append(f"before/after: {png}")
     atomic_write_json(json_path, rec)
     lines.append(f"record: {json_path}")
     return 0, lines
 
 
-def before_after_png(src: Path, dst: Path, png: Path) -> None:
+def before_after_png(src: Path, dst: Path, png: Path, volume_index: int | None = None) -> None:
     from volscore.data.nifti import load_volume
     from volscore.plots import save_slices
 
-    before, after = load_volume(src).data, load_volume(dst).data
+    before, after = load_volume(src, volume_index).data, load_volume(dst).data
     # the middle slice across the last axis (axial for RAS-ordered files such as the MNI template)
     save_slices({"input": before, "denoised": after}, png, axis=2)

@@ -16,11 +16,10 @@ import torch
 from scipy import ndimage
 
 from volscore.data.nifti import (
-    NIFTI_SUFFIXES,
     IntensityScaler,
     VolumeError,
+    check_volume_output,
     load_volume,
-    same_file,
     save_volume,
 )
 from volscore.denoise.background import clamp_background, foreground_mask
@@ -29,7 +28,7 @@ from volscore.denoise.noise_level import estimate_sigma, estimate_sigma_rician
 from volscore.denoise.rician import rician_correct
 from volscore.denoise.self_supervised import fit_self_supervised
 from volscore.options import DenoiseOptions
-from volscore.outputs import check_outputs
+from volscore.outputs import check_outputs, same_path
 from volscore.run import Run
 
 RECORD_NAME = "denoise_record.json"
@@ -59,13 +58,7 @@ def choose_scaler(
 def _check_request(src: Path, dst: Path, force: bool) -> None:
     """Everything refusable without reading data: output == input (links too), wrong suffix, missing output
     folder, an existing output without ``force``. The options themselves are checked by ``validate``."""
-    if not dst.name.lower().endswith(NIFTI_SUFFIXES):
-        raise VolumeError(f"{dst}: wrong extension, expected one of {', '.join(NIFTI_SUFFIXES)}")
-    if src.exists() and same_file(dst, src):
-        raise VolumeError(f"{dst}: refusing to overwrite the input volume {src}")
-    if not dst.parent.is_dir():
-        raise VolumeError(f"{dst}: output folder {dst.parent} does not exist")
-    check_outputs([dst], inputs=[src], force=force)
+    check_volume_output(dst, inputs=[src], force=force)
 
 
 def _auto_sigma(data: np.ndarray, head: np.ndarray, noise: str, warnings: list[str]) -> tuple[float, str]:
@@ -144,7 +137,7 @@ def denoise_file(
     warnings: list[str] = []
     timings: dict[str, float] = {}
 
-    volume = load_volume(src)
+    volume = load_volume(src, options.volume_index)
     data = volume.data
     head = foreground_mask(data)
     sigma_in, sigma_source = _scan_sigma(src, data, head, options.sigma_value, options.noise, warnings)
@@ -268,14 +261,13 @@ def denoise_folder(
     ``self_supervised`` each scan gets its own fit (in ``fit_dir/<file name>`` if given).
     """
     from volscore.atomic import atomic_write_json
-    from volscore.checkpoint import CheckpointError
     from volscore.data.nifti import resolve_paths
 
     options.validate()
     src_dir, dst_dir = Path(in_dir).expanduser(), Path(out_dir).expanduser()
     if not src_dir.is_dir():
         raise VolumeError(f"{src_dir}: not a folder")
-    if dst_dir.exists() and same_file(dst_dir, src_dir):
+    if same_path(dst_dir, src_dir):
         raise VolumeError(f"{dst_dir}: output folder is the input folder; outputs would replace the inputs")
     paths = resolve_paths(src_dir)
     dst_dir.mkdir(parents=True, exist_ok=True)
@@ -291,16 +283,10 @@ def denoise_folder(
             # one run folder per scan: the trainer refuses to reuse one
             scan_fit_dir = None if fit_dir is None else Path(fit_dir) / path.name
             try:
+                check_outputs([out], inputs=paths, force=True)  # no output over any input of the folder
                 rec = denoise_file(path, out, options, run=run, force=force, fit_dir=scan_fit_dir)
                 files.append({**rec, "run": record["run"], "status": "done"})
-            except (
-                VolumeError,
-                CheckpointError,
-                ValueError,
-                FloatingPointError,
-                OSError,
-                RuntimeError,
-            ) as exc:
+            except Exception as exc:  # whatever one file does, it is recorded and the others go on
                 files.append({**entry, "status": "failed", "error": f"{type(exc).__name__}: {exc}"})
         record["files"] = files
         record.update({f"n_{s}": sum(f["status"] == s for f in files) for s in ("done", "skipped", "failed")})

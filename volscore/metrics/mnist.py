@@ -175,6 +175,11 @@ def evaluate_mnist_file(
         raise ValueError(f"{path}: not a readable .npy of samples ({e})") from e
     if array.ndim != 4 or tuple(array.shape[1:]) != (1, 28, 28):
         raise ValueError(f"{path}: expected samples of shape (N, 1, 28, 28), got {array.shape}")
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"{path}: samples of type {array.dtype}, expected real numbers in [0, 1]")
+    if not np.isfinite(array).all():
+        bad = int((~np.isfinite(array)).sum())
+        raise ValueError(f"{path}: {bad} non-finite sample values (NaN or Inf); metrics of them mean nothing")
     samples = torch.from_numpy(array).float()
     train_x, train_y = load_mnist("train")
     test_x, _ = load_mnist("test")
