@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from volscore.config import TrainConfig
+from volscore.recipes import denoiser_config, prior_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,26 +33,23 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPES: dict[str, dict[str, Any]] = {
     "mnist": dict(
         summary="2D MNIST score model (DSM, EDM recipe) for the lecture's baseline",
-        config=dict(
-            data=["mnist"], preset="small", sigma_dist="lognormal", weighting="edm", lr=1e-3, steps=6000
-        ),
+        config=lambda out: TrainConfig(
+            data=["mnist"], out=out, preset="small", sigma_dist="lognormal", weighting="edm", lr=1e-3,
+            steps=6000,
+        ),  # fmt: skip
         data="the bundled 5,000-digit MNIST subset, training split (400 per class)",
     ),
     "mni152-prior": dict(
         summary="3D prior of the MNI152 2009a template at 3 mm, patches 32^3 with coordinates (for sampling)",
-        config=dict(
-            data=["mni152"],
-            full_volume=True,
-            spacing=3.0,
-            preset="small",
-            patch_size=32,
-            lr=1e-3,
-            warmup=50,
-            sigma_dist="lognormal",
-            weighting="edm",
-            steps=3000,
-        ),  # fmt: skip
+        config=lambda out: prior_config(out, steps=3000),
         data="the bundled MNI152 2009a symmetric T1 template resampled to 3 mm (whole volume)",
+    ),
+    "t1-denoiser": dict(
+        summary="3D T1 denoiser (Tweedie): the template's y < 120 part at 1, 2 and 3 mm, no coordinates, "
+        "augmented (flips, rotations and scalings, gamma, bias field), small noise levels",
+        config=lambda out: denoiser_config(out, steps=3000),
+        data="the bundled MNI152 2009a symmetric T1 template, y < 120 only (the hold-out y >= 120 never seen), "
+        "at 1 mm and resampled to 2 and 3 mm",
     ),
 }
 
@@ -178,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     threads = set_threads(args.threads)
     recipe = RECIPES[args.name]
     run_dir = Path(args.runs) / args.name
-    cfg = TrainConfig(out=str(run_dir), **recipe["config"])
+    cfg = recipe["config"](str(run_dir))
     t0 = time.monotonic()
     if not args.skip_train:
         train_or_resume(cfg)

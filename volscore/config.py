@@ -21,6 +21,8 @@ LR_SCHEDULES = ("constant", "cosine")
 # Seeds are non-negative (numpy refuses others) and leave room for the offsets added to them (seed + i for
 # sample i, seed + 1_000_003 r for shard r) below torch's 2^64.
 SEED_MAX = 2**63 - 1
+# Random augmentations of the clean 3D training patches (volscore.data.augment; applied in this order).
+AUGMENTATIONS = ("flip", "affine", "gamma", "bias")
 
 # The fields a resumed run may change: the budget and how it runs, never the model, data or objective.
 RUNTIME_FIELDS = (
@@ -108,6 +110,22 @@ class TrainConfig:
         default=None, metadata=_opt("3D: resample volumes to this isotropic spacing (mm)")
     )
     full_volume: bool = field(default=False, metadata=_opt("mni152: also train on the y >= 120 hold-out"))
+    augment: list[str] = field(
+        default_factory=list,
+        metadata=_opt(
+            "3D NIfTI patches: random augmentations of the clean patches, any of flip (axis flips), affine "
+            "(rotations and scalings), gamma (contrast), bias (smooth multiplicative field); none by default",
+            choices=AUGMENTATIONS,
+            nargs="*",
+        ),
+    )
+    multires: list[float] | None = field(
+        default=None,
+        metadata=_opt(
+            "3D NIfTI: also resample every volume to each of these isotropic spacings (mm) and draw patches "
+            "from all of them (multi-resolution training; coordinates stay per volume)"
+        ),
+    )
     seed: int = field(default=0, metadata=_opt("seed of weights, batches and noise"))
     data_shards: int = field(
         default=1,
@@ -202,6 +220,13 @@ class TrainConfig:
             raise ValueError(f"--num-sigmas must be >= 2, got {self.num_sigmas}")
         if self.spacing is not None and not (math.isfinite(self.spacing) and self.spacing > 0):
             raise ValueError(f"--spacing must be a finite number of mm > 0, got {self.spacing}")
+        unknown = [a for a in self.augment if a not in AUGMENTATIONS]
+        if unknown or len(set(self.augment)) != len(self.augment):
+            raise ValueError(f"--augment takes distinct names from {AUGMENTATIONS}, got {self.augment}")
+        if self.multires is not None and (
+            not self.multires or not all(math.isfinite(s) and s > 0 for s in self.multires)
+        ):
+            raise ValueError(f"--multires must be spacings of mm > 0, got {self.multires}")
         if self.compile and self.objective in ("ssm", "ssm-vr"):
             raise ValueError(
                 f"--compile cannot train {self.objective}: torch.compile does not support its double "

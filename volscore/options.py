@@ -18,6 +18,10 @@ DENOISE_CHAINS = ("pc", "annealed")  # the chains ``denoise.estimators.annealed_
 SELF_SUPERVISED_OBJECTIVES = ("dsm", "ssm-vr")
 # volscore.data.nifti.load_volume's volume_index, the flag of every command that reads one scan
 VOLUME_INDEX_HELP = "4D files: the volume to use (0 is the first; negative counts from the end)"
+SPACING_RULES = ("native", "auto")  # or a spacing in mm: ``denoise.spacing``
+DENOISE_AMP = ("off", "bf16")
+# What ``volscore denoise`` does when its self-check (``denoise.check``) fails.
+CHECK_MODES = ("off", "warn", "shrink", "refuse")
 
 
 def _opt(help: str, **meta: Any) -> dict[str, Any]:
@@ -81,12 +85,57 @@ class DenoiseOptions:
     background: str = field(default="clamp", metadata=_opt("rule outside the head", choices=BACKGROUND_RULES))
     device: str = field(default="cpu", metadata=_opt("cpu, cuda or cuda:N"))
     volume_index: int | None = field(default=None, metadata=_opt(VOLUME_INDEX_HELP))
+    spacing: str = field(
+        default="native",
+        metadata=_opt(
+            "voxel size to denoise at: native (the scan's grid), auto (the run's training spacing nearest to "
+            "the scan's, unless the scan already has it within 10%%), or a spacing in mm; the scan is "
+            "resampled there, denoised at the resampled noise level, and resampled back onto its own grid"
+        ),
+    )
+    ensemble: int = field(
+        default=1,
+        metadata=_opt(
+            "Tweedie: average this many passes, each with another flip of --ensemble-axes (coordinates "
+            "flipped with the voxels) and, after the first, a random tile offset"
+        ),
+    )
+    ensemble_axes: list[int] = field(
+        default_factory=lambda: [0, 1, 2],
+        metadata=_opt("axes whose flips the ensemble uses (none: tile offsets only)", nargs="*"),
+    )
+    overlap: float = field(default=0.5, metadata=_opt("blend stitching: tile overlap in [0, 1)"))
+    amp: str = field(
+        default="off",
+        metadata=_opt("network under autocast (bf16: faster on recent CPUs)", choices=DENOISE_AMP),
+    )
+    check: str = field(
+        default="warn",
+        metadata=_opt(
+            "self-check of the result (residual against the noise, SURE estimate of the gain; one more "
+            "denoising pass): off, warn (record and print a failure), shrink (on failure, mix the output "
+            "with the input by the SURE-optimal weight) or refuse (on failure, write nothing)",
+            choices=CHECK_MODES,
+        ),
+    )
+    init: str | None = field(
+        default=None,
+        metadata=_opt(
+            "--self-supervised: start the fit from this run's weights (run folder or pretrained:NAME), in "
+            "its units and at its voxel size: fine-tuning a trained prior on the scan"
+        ),
+    )
     fit_overrides: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields for self-supervised fits
 
     @property
     def sigma_value(self) -> float | None:
         """The given noise level, or None for "auto"."""
         return None if self.sigma == "auto" else float(self.sigma)
+
+    @property
+    def spacing_value(self) -> float | None:
+        """The given spacing in mm, or None for a rule ("native", "auto")."""
+        return None if self.spacing in SPACING_RULES else float(self.spacing)
 
     def validate(self) -> None:
         """The one place the denoising options are checked: model choice, sigma, chain, noise model."""
@@ -118,6 +167,25 @@ class DenoiseOptions:
                 "a self-supervised model knows only the scan's noise level: use steps=0 (Tweedie)"
             )
         _positive("minutes", self.minutes)
+        if self.spacing not in SPACING_RULES:
+            try:
+                _positive("spacing", float(self.spacing))
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"--spacing must be one of {SPACING_RULES} or a number of mm > 0, got {self.spacing!r}"
+                ) from None
+        for name, value, allowed in (("amp", self.amp, DENOISE_AMP), ("check", self.check, CHECK_MODES)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if self.ensemble < 1 or (self.ensemble > 1 and self.steps):
+            raise ValueError(f"--ensemble must be >= 1 and is for Tweedie (--steps 0), got {self.ensemble}")
+        axes = list(self.ensemble_axes)
+        if len(set(axes)) != len(axes) or not set(axes) <= {0, 1, 2}:
+            raise ValueError(f"--ensemble-axes must be distinct axes among 0, 1, 2, got {axes}")
+        if not (math.isfinite(self.overlap) and 0 <= self.overlap < 1):
+            raise ValueError(f"--overlap must be in [0, 1), got {self.overlap}")
+        if self.init is not None and not self.self_supervised:
+            raise ValueError("--init is the prior of a --self-supervised fit; with --run, drop --init")
         check_seed(self.seed)
 
 

@@ -319,6 +319,8 @@ class Trainer:
             coords=cfg.coords,
             spacing=cfg.spacing,
             full_volume=cfg.full_volume,
+            augment=cfg.augment,
+            multires=cfg.multires,
         )
         if cfg.batch_size is None:
             cfg.batch_size = default_batch_size(self.source.spatial_dims)

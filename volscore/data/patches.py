@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from volscore.data.augment import PatchAugmenter
+
 Region = tuple[slice, slice, slice]
 
 # The bundled MNI template is left-right symmetric, so hold out along anterior-posterior (axis 1):
@@ -98,6 +100,11 @@ class PatchSampler:
     float16's step is at most 2^-11 = 4.9e-4, far below the smallest training sigma); the foreground is stored
     as int32 indices of 4^3-voxel blocks (computed slab by slab); a foreground patch is centred on a
     uniform voxel of a uniform foreground block.
+
+    ``region`` may also be a list with one region per volume (multi-resolution sources: the same hold-out at
+    each volume's own spacing). ``augment``: names from ``config.AUGMENTATIONS`` (``data.augment``), drawn
+    after the patch positions from the same generator; none (the default) draws and returns exactly what a
+    sampler without augmentations does.
     """
 
     def __init__(
@@ -108,8 +115,9 @@ class PatchSampler:
         coords: bool = True,
         foreground_threshold: float = 0.1,
         foreground_fraction: float = 0.9,
-        region: Region | None = None,
+        region: Region | Sequence[Region] | None = None,
         dtype: torch.dtype = torch.float32,
+        augment: Sequence[str] | None = None,
     ) -> None:
         if len(volumes) == 0:
             raise ValueError("PatchSampler needs at least one volume")
@@ -120,6 +128,8 @@ class PatchSampler:
         self.foreground_threshold = float(foreground_threshold)
         self.foreground_fraction = float(foreground_fraction)
         self.region = region
+        self._regions = self._per_volume(region, len(volumes))
+        self.augment = PatchAugmenter(augment or ())
         # A block fits within half a patch, so a patch centred on any voxel of a foreground block contains
         # the whole block, and so a foreground voxel (also where the patch is shifted inward at a border).
         self._block = max(1, min(4, min(self.patch_size) // 2))
@@ -182,14 +192,23 @@ class PatchSampler:
             raise ValueError(f"volume {i}: expected a non-empty 3D array, got shape {tuple(data.shape)}")
         return data
 
+    @staticmethod
+    def _per_volume(region: Region | Sequence[Region] | None, n: int) -> list[Region | None]:
+        if isinstance(region, list):
+            if len(region) != n:
+                raise ValueError(f"{len(region)} regions for {n} volumes")
+            return list(region)
+        return [region] * n  # type: ignore[list-item]
+
     def _allowed_box(self, shape: tuple[int, ...], i: int) -> tuple[list[int], list[int]]:
         """[lo, hi) per axis where patches may lie: the region clipped to the volume."""
-        if self.region is None:
+        region = self._regions[i]
+        if region is None:
             return [0, 0, 0], list(shape)
-        if len(self.region) != 3:
-            raise ValueError(f"region needs three slices, got {self.region}")
+        if len(region) != 3:
+            raise ValueError(f"region needs three slices, got {region}")
         lo, hi = [], []
-        for a, (sl, n, p) in enumerate(zip(self.region, shape, self.patch_size, strict=True)):
+        for a, (sl, n, p) in enumerate(zip(region, shape, self.patch_size, strict=True)):
             start, stop, step = sl.indices(n)
             if step != 1:
                 raise ValueError(f"region slice {sl} on axis {a}: step must be 1")
@@ -255,6 +274,8 @@ class PatchSampler:
             centred = torch.minimum(torch.maximum(centre - half, lo), lo + n_starts - 1)
             starts = torch.where(use_fg[:, None], centred, uniform)
 
+        if self.augment:
+            return self._augmented(starts, vol, self.augment.draw(b, generator))
         pz, py, px = self.patch_size
         x = torch.empty((b, 1, pz, py, px), dtype=torch.float32)
         for i, (v, (z, y, xx)) in enumerate(zip(vol.tolist(), starts.tolist(), strict=True)):
@@ -262,6 +283,49 @@ class PatchSampler:
         starts = starts - self._pads[vol]  # back to the original volume's voxels
         coords = self._batch_coords(self._shapes[vol], starts) if self.coords else None
         return PatchBatch(x, coords, starts, vol)
+
+    def _crop(self, v: int, start: Sequence[int], size: Sequence[int]) -> Tensor:
+        """float32 crop of (padded) volume ``v`` at ``start``, zero outside it (as the padding of small
+        volumes): an affine patch's margin may reach past the volume."""
+        volume = self.volumes[v]
+        out = torch.zeros(tuple(size), dtype=torch.float32)
+        src, dst = [], []
+        for s, n, m in zip(start, size, volume.shape, strict=True):
+            a, b = max(s, 0), min(s + n, m)
+            if b <= a:
+                return out
+            src.append(slice(a, b))
+            dst.append(slice(a - s, b - s))
+        out[tuple(dst)] = volume[tuple(src)]
+        return out
+
+    def _augmented(self, starts: Tensor, vol: Tensor, draw: Any) -> PatchBatch:
+        """The batch at ``starts`` with the augmentations of ``draw``: affine patches are cut with a margin
+        warped (image and coordinates together), then flips, gamma and bias (``PatchAugmenter.apply``).
+        Coordinates are always made (the bias field lives in them) and dropped at the end if off."""
+        from volscore.data.augment import affine_margin, warp
+
+        b, patch = starts.shape[0], self.patch_size
+        x = torch.empty((b, 1, *patch), dtype=torch.float32)
+        original = starts - self._pads[vol]  # the original volume's voxels
+        coords = self._batch_coords(self._shapes[vol], original)
+        affine = draw.affine or [None] * b
+        for i, (v, start) in enumerate(zip(vol.tolist(), starts.tolist(), strict=True)):
+            if affine[i] is None:
+                x[i, 0] = self._crop(v, start, patch)
+                continue
+            margin = affine_margin(affine[i], patch)
+            size = [p + 2 * m for p, m in zip(patch, margin, strict=True)]
+            low = [s - m for s, m in zip(start, margin, strict=True)]
+            grid = coordinate_patch(
+                self._shapes[v].tolist(),
+                [o - m for o, m in zip(original[i].tolist(), margin, strict=True)],
+                size,
+            )
+            out = warp(torch.cat([self._crop(v, low, size)[None], grid]), affine[i], patch)
+            x[i, 0], coords[i] = out[0], out[1:]
+        x, coords = self.augment.apply(x, coords, draw)
+        return PatchBatch(x, coords if self.coords else None, original, vol)
 
     def _batch_coords(self, shapes: Tensor, starts: Tensor) -> Tensor:
         """coordinate_patch for every sample at once: (B, 3, pz, py, px)."""

@@ -37,15 +37,41 @@ class Source:
         return int(self.sampler.coord_channels)
 
 
-def resample(data: np.ndarray, affine: np.ndarray, spacing: float) -> tuple[np.ndarray, np.ndarray]:
-    """Resample a volume to isotropic ``spacing`` (mm) with MONAI's ``Spacing`` (trilinear)."""
+def resample(
+    data: np.ndarray, affine: np.ndarray, spacing: float | Sequence[float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Resample a volume to ``spacing`` (mm; one number: isotropic) with MONAI's ``Spacing`` (trilinear); the
+    axes keep their directions and the new grid covers the old field of view."""
     from monai.data import MetaTensor
     from monai.transforms import Spacing
 
-    out = Spacing(pixdim=(spacing,) * 3, mode="bilinear")(
-        MetaTensor(torch.from_numpy(data)[None], affine=affine)
+    pixdim = (float(spacing),) * 3 if isinstance(spacing, (int, float)) else tuple(float(s) for s in spacing)
+    out = Spacing(pixdim=pixdim, mode="bilinear")(
+        MetaTensor(torch.from_numpy(np.asarray(data, dtype=np.float32))[None], affine=affine)
     )
     return out[0].numpy().astype(np.float32), np.asarray(out.affine, dtype=np.float64)
+
+
+def resample_to(
+    data: np.ndarray, affine: np.ndarray, target_affine: np.ndarray, target_shape: Sequence[int]
+) -> np.ndarray:
+    """Resample a volume onto another grid (``target_affine``, ``target_shape``) with MONAI's
+    ``SpatialResample`` (trilinear, border values outside): e.g. back onto a scan's own grid after
+    ``resample``."""
+    from monai.data import MetaTensor
+    from monai.transforms import SpatialResample
+
+    out = SpatialResample(mode="bilinear", padding_mode="border")(
+        MetaTensor(torch.from_numpy(np.asarray(data, dtype=np.float32))[None], affine=affine),
+        dst_affine=torch.as_tensor(np.asarray(target_affine, dtype=np.float64)),
+        spatial_size=[int(n) for n in target_shape],
+    )
+    return out[0].numpy().astype(np.float32)
+
+
+def voxel_sizes(affine: np.ndarray) -> list[float]:
+    """The voxel size (mm) along each array axis: the lengths of the affine's columns."""
+    return [float(z) for z in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0))]
 
 
 def open_source(
@@ -55,10 +81,16 @@ def open_source(
     spacing: float | None = None,
     full_volume: bool = False,
     volume_index: int | None = None,
+    augment: Sequence[str] = (),
+    multires: Sequence[float] | None = None,
 ) -> Source:
     """The source for ``data``: ``"mnist"``, ``"mnist:DIR"`` (IDX files), ``"shapes:primitives[@SIZE]"``,
-    ``"shapes:digits[@SIZE]"``, NIfTI paths or ``"mni152"``."""
+    ``"shapes:digits[@SIZE]"``, NIfTI paths or ``"mni152"``. ``augment`` and ``multires`` (NIfTI only):
+    ``TrainConfig``'s fields of those names."""
     spec = [data] if isinstance(data, str) else list(data)
+    nifti = not (len(spec) == 1 and (spec[0] in ("mnist",) or spec[0].startswith(("mnist:", SHAPE_PREFIX))))
+    if (augment or multires) and not nifti:
+        raise ValueError(f"--augment and --multires are for NIfTI volumes, not {spec[0]}")
     if len(spec) == 1 and (spec[0] == "mnist" or spec[0].startswith("mnist:")):
         from volscore.data.mnist import MnistSource
 
@@ -72,7 +104,7 @@ def open_source(
             sampler = shapes.patches(patch_size, coords)
             return Source(sampler, 3, {**shapes.meta, "patch_size": patch_size, "coords": coords})
         return Source(shapes, 3, shapes.meta)
-    return _nifti_source(spec, patch_size, coords, spacing, full_volume, volume_index)
+    return _nifti_source(spec, patch_size, coords, spacing, full_volume, volume_index, augment, multires)
 
 
 def _nifti_source(
@@ -82,35 +114,58 @@ def _nifti_source(
     spacing: float | None,
     full_volume: bool,
     volume_index: int | None,
+    augment: Sequence[str] = (),
+    multires: Sequence[float] | None = None,
 ) -> Source:
+    """Patches of NIfTI volumes, each resampled to ``spacing`` if given and scaled by its own percentiles.
+
+    ``multires``: every volume is also resampled (from its file) to each of these spacings and scaled like
+    its first copy; patches are drawn from all copies alike (``PatchSampler`` draws volumes uniformly), each
+    with its own coordinates. The meta's ``scalers``, ``zooms`` and ``shapes`` stay one per file (the first
+    copies, which ``Run`` reads); ``multires`` lists the spacings and the extra copies' shapes.
+    """
     from volscore.data.nifti import IntensityScaler, load_volume, resolve_paths
     from volscore.data.patches import MNI152_TRAIN_REGION, PatchSampler
 
+    def cached(data: np.ndarray, scaler: IntensityScaler) -> Tensor:
+        # In place (the array is ours, never a memory map of the input file), then cached as float16, one
+        # volume at a time: see PatchSampler's memory note.
+        data = np.ascontiguousarray(data, dtype=np.float32)
+        return torch.from_numpy(scaler.forward_(data if data.flags.writeable else data.copy())).to(
+            torch.float16
+        )
+
     paths = resolve_paths(spec[0] if len(spec) == 1 else spec)
-    volumes, scalers, zooms = [], [], []
+    volumes, scalers, zooms, extra = [], [], [], []
     for p in paths:
         vol = load_volume(p, volume_index)
         data, affine = vol.data, vol.affine
         if spacing is not None:
             data, affine = resample(data, affine, spacing)
         scaler = IntensityScaler.fit(data)
-        data = np.ascontiguousarray(data, dtype=np.float32)
-        # In place (the loaded array is ours, never a memory map of the input file), then cached as
-        # float16, one volume at a time: see PatchSampler's memory note.
-        data = scaler.forward_(data if data.flags.writeable else data.copy())
-        volumes.append(torch.from_numpy(data).to(torch.float16))
-        del vol, data
+        volumes.append(cached(data, scaler))
+        del data
+        for s in multires or ():
+            extra.append(cached(resample(vol.data, vol.affine, s)[0], scaler))
+        del vol
         scalers.append(scaler.to_dict())
-        zooms.append([float(z) for z in np.sqrt((affine[:3, :3] ** 2).sum(0))])
+        zooms.append(voxel_sizes(affine))
     region = None
+    stop = None
     if spec == ["mni152"] and not full_volume:
         # The template's hold-out (y >= 120 at 1 mm) stays out of training, at any resampled spacing.
-        stop = MNI152_TRAIN_REGION[1].stop
-        if spacing is not None:
-            stop = int(math.floor(stop * 1.0 / spacing))
+        def stop_at(mm: float | None) -> int:
+            y = MNI152_TRAIN_REGION[1].stop
+            return y if mm is None else int(math.floor(y * 1.0 / mm))
+
+        stop = stop_at(spacing)
         region = (slice(None), slice(0, stop), slice(None))
+        if multires:
+            region = [region] + [(slice(None), slice(0, stop_at(s)), slice(None)) for s in multires]
     shapes = [list(v.shape) for v in volumes]
-    sampler = PatchSampler(volumes, patch_size, coords=coords, region=region, dtype=torch.float16)
+    sampler = PatchSampler(
+        volumes + extra, patch_size, coords=coords, region=region, dtype=torch.float16, augment=augment
+    )
     meta = {
         "kind": "nifti",
         "paths": [str(p) for p in paths],
@@ -118,6 +173,13 @@ def _nifti_source(
         "zooms": zooms,
         "shapes": shapes,
         "spacing": spacing,
-        "region_axis1_stop": None if region is None else region[1].stop,
+        "region_axis1_stop": stop,
     }
+    if multires:
+        meta["multires"] = {
+            "spacings": [float(s) for s in multires],
+            "shapes": [list(v.shape) for v in extra],
+        }
+    if augment:
+        meta["augment"] = list(augment)
     return Source(sampler, 3, meta)

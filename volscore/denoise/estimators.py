@@ -3,6 +3,7 @@ predictor-corrector) chain started at the scan itself."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -20,6 +21,47 @@ def _as_batch(noisy: Tensor | np.ndarray) -> Tensor:
     return x[None, None]  # (1, 1, D, H, W)
 
 
+def flip_patterns(axes: Sequence[int] = (0, 1, 2)) -> list[tuple[int, ...]]:
+    """The flips of ``axes`` in the order the ensemble uses them: none first, then single axes, pairs, ...
+    (so an ensemble of 2 adds the flip of the first axis, left-right for RAS-ordered scans)."""
+    axes = tuple(int(a) for a in axes)
+    return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
+
+
+def mirrored(model: PatchFn, flips: Sequence[int]) -> PatchFn:
+    """``model`` as seen through a volume flipped along ``flips`` (spatial axes of the volume).
+
+    The stitcher hands the flipped volume's tiles the coordinates of the flipped grid. Voxel j of an axis of
+    n flipped is voxel n - 1 - j of the scan, whose coordinate is c(n - 1 - j) = -c(j) (coordinates are
+    linear in [-1, 1], extrapolated alike past the ends), so negating the flipped axes' coordinate channels
+    gives every voxel the coordinate of its own place in the scan: the model is asked about the same
+    anatomy at the same position, only mirrored.
+    """
+    channels = [int(a) for a in flips]
+
+    def patch_fn(x: Tensor, sigma: Tensor, coords: Tensor | None) -> Tensor:
+        if coords is not None and channels:
+            coords = coords.clone()
+            coords[:, channels] = -coords[:, channels]
+        return model(x, sigma, coords)
+
+    return patch_fn
+
+
+def autocast(model: PatchFn, dtype: torch.dtype | None) -> PatchFn:
+    """``model`` under ``torch.autocast`` to ``dtype`` (None: ``model`` itself), its output float32. The
+    preconditioner keeps its coefficients and skip sum in float32, so only the network's output F is rounded
+    (bf16: a relative 2^-8, times c_out ~ sigma)."""
+    if dtype is None:
+        return model
+
+    def patch_fn(x: Tensor, sigma: Tensor, coords: Tensor | None) -> Tensor:
+        with torch.autocast(x.device.type, dtype=dtype):
+            return model(x, sigma, coords).float()
+
+    return patch_fn
+
+
 @torch.no_grad()
 def tweedie_denoise(
     model: PatchFn,
@@ -31,22 +73,47 @@ def tweedie_denoise(
     tile_batch: int = 8,
     generator: torch.Generator | None = None,
     score_sigma: float | None = None,
+    ensemble: int = 1,
+    flip_axes: Sequence[int] = (0, 1, 2),
+    overlap: float = 0.5,
+    amp: torch.dtype | None = None,
 ) -> Tensor:
     """One Tweedie step D(y) = y + sigma^2 s(y, sigma) over a whole (D, H, W) volume in model units.
 
     ``model(x, sigma, coords)`` is a patch score function (e.g. ``Preconditioner``), stitched over the
-    volume: ``"blend"`` (Gaussian-weighted overlap: deterministic, no seams) or ``"shift"`` (one random grid,
-    ``generator``). ``score_sigma`` is the noise level the network is conditioned on, if not ``sigma``:
-    self-supervised models are evaluated at their tiny training level (``fit_self_supervised``).
+    volume: ``"blend"`` (Gaussian-weighted overlap of ``overlap``: deterministic, no seams) or ``"shift"``
+    (one random grid, ``generator``). ``score_sigma`` is the noise level the network is conditioned on, if
+    not ``sigma``: self-supervised models are evaluated at their tiny training level
+    (``fit_self_supervised``). ``amp``: run the network under autocast to this dtype (``autocast``).
+
+    ``ensemble`` K > 1 averages K estimates: pass k flips the volume along ``flip_patterns(flip_axes)[k mod
+    2^len(flip_axes)]`` (the coordinates with it, ``mirrored``), denoises and flips back; passes after the
+    first also move the tiles (blend: a random window offset; shift: a new random grid), drawn from
+    ``generator``. Pass 0 is the plain pass, so K = 1 is it, bit for bit. The average removes the part of the
+    network's error that depends on the tiling and the orientation (seams, edge-of-tile effects, asymmetric
+    filters); it costs K passes.
     """
     from volscore.sampling.stitch import StitchedScore
 
+    if ensemble < 1:
+        raise ValueError(f"ensemble must be >= 1, got {ensemble}")
     x = _as_batch(noisy)
-    score_fn = StitchedScore(
-        model, _patch(patch_size), stitch=stitch, tile_batch=tile_batch, coords=coords, generator=generator
-    )
-    s = score_fn(x, float(sigma if score_sigma is None else score_sigma))
-    return (x + float(sigma) ** 2 * s)[0, 0]
+    level = float(sigma if score_sigma is None else score_sigma)
+    patterns = flip_patterns(flip_axes)
+    total = None
+    for k in range(ensemble):
+        flips = patterns[k % len(patterns)]
+        dims = [2 + a for a in flips]
+        patch_fn = autocast(mirrored(model, flips) if flips else model, amp)
+        score_fn = StitchedScore(
+            patch_fn, _patch(patch_size), stitch=stitch, tile_batch=tile_batch, coords=coords,
+            overlap=overlap, generator=generator, blend_offset=k > 0,
+        )  # fmt: skip
+        s = score_fn(x.flip(dims), level).flip(dims) if flips else score_fn(x, level)
+        estimate = x + float(sigma) ** 2 * s
+        total = estimate if total is None else total + estimate
+    assert total is not None
+    return (total[0, 0] / ensemble) if ensemble > 1 else total[0, 0]
 
 
 def _patch(patch_size: int | Sequence[int]) -> int | tuple[int, ...]:
@@ -81,6 +148,7 @@ def annealed_denoise(
     stitch: str = "shift",
     tile_batch: int = 8,
     generator: torch.Generator | None = None,
+    overlap: float = 0.5,
 ) -> Tensor:
     """Start at the scan (x = y, already at level sigma), anneal down to sigma_min, finish with Tweedie.
 
@@ -90,8 +158,9 @@ def annealed_denoise(
     module docstring). ``"annealed"``: NCSN annealed Langevin, ``n_steps_each`` (default 1) steps with
     alpha_i = step_lr sigma_i^2 / sigma_L^2 (default step_lr 0.05 sigma_L^2); it barely denoises (see above).
     The chain's score uses ``stitch`` (default shift: one evaluation per voxel, the grid moves each step);
-    the final Tweedie step at sigma_L uses blend (no seams). ``chains`` independent chains are averaged:
-    one chain is a posterior sample, the average tends to the posterior mean. Reproducible per generator.
+    the final Tweedie step at sigma_L uses blend (no seams; tile ``overlap``). ``chains`` independent chains
+    are averaged: one chain is a posterior sample, the average tends to the posterior mean. Reproducible per
+    generator.
     """
     from volscore.sampling.langevin import annealed_langevin, predictor_corrector
     from volscore.sampling.stitch import StitchedScore
@@ -114,5 +183,7 @@ def annealed_denoise(
             x = annealed_langevin(score_fn, y, sigmas, each, lr, denoise=False, generator=generator)
         else:
             x = predictor_corrector(score_fn, y, sigmas, each, snr, denoise=False, generator=generator)
-        total += tweedie_denoise(model, x[0, 0], sigma_last, patch_size, coords, "blend", tile_batch)
+        total += tweedie_denoise(
+            model, x[0, 0], sigma_last, patch_size, coords, "blend", tile_batch, overlap=overlap
+        )
     return total / chains

@@ -22,11 +22,14 @@ from volscore.data.nifti import (
     load_volume,
     save_volume,
 )
+from volscore.data.sources import voxel_sizes
 from volscore.denoise.background import clamp_background, foreground_mask
+from volscore.denoise.check import CheckFailed, check_denoiser, shrink
 from volscore.denoise.estimators import annealed_denoise, tweedie_denoise
 from volscore.denoise.noise_level import estimate_sigma, estimate_sigma_rician
 from volscore.denoise.rician import rician_correct
 from volscore.denoise.self_supervised import fit_self_supervised
+from volscore.denoise.spacing import Regrid, target_zooms, trained_zooms
 from volscore.options import DenoiseOptions
 from volscore.outputs import check_outputs, same_path
 from volscore.run import Run
@@ -102,11 +105,55 @@ def _fit_for_scan(x: np.ndarray, sigma: float, options: DenoiseOptions, fit_dir:
     try:
         return fit_self_supervised(
             x, sigma, options.minutes, options.objective, out_dir=fit_dir or tmp, seed=options.seed,
-            **options.fit_overrides,
+            init=options.init, **options.fit_overrides,
         )  # fmt: skip
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _regrid(volume: Any, options: DenoiseOptions, model: Run | None) -> Regrid | None:
+    """The grid to denoise on (``denoise.spacing``), None for the scan's own: from the run's training voxel
+    sizes (a self-supervised fit: its prior's, or the scan's own)."""
+    rule = options.spacing if options.spacing_value is None else options.spacing_value
+    zooms = target_zooms(voxel_sizes(volume.affine), [] if model is None else trained_zooms(model), rule)
+    return None if zooms is None else Regrid(volume.shape, volume.affine, zooms)
+
+
+def _apply_check(
+    src: Path,
+    options: DenoiseOptions,
+    pipeline: Any,
+    x: np.ndarray,
+    den: np.ndarray,
+    sigma_model: float,
+    head: np.ndarray,
+    warnings: list[str],
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """``check_denoiser`` on the model-unit output, then ``options.check``'s action when it fails."""
+    result = check_denoiser(
+        lambda y: pipeline(y)[0], x, den, sigma_model, head, gaussian=options.noise == "gaussian"
+    )
+    result["mode"], result["action"] = options.check, "none"
+    if result["passed"]:
+        return den, result
+    what = "; ".join(result["failures"])
+    if options.check == "refuse":
+        raise CheckFailed(
+            f"{src}: the denoised scan failed its self-check ({what}); nothing written. Use --check warn to "
+            "keep such a result, or --check shrink to mix the input back in"
+        )
+    if options.check == "shrink":
+        a = result["sure_head"]["shrink_weight"]
+        den = shrink(x, den, a, head)
+        result["action"] = "shrink"
+        warnings.append(
+            f"self-check failed: {what}. Output mixed with the input inside the head: y - {a:.3f} (y - f), "
+            f"estimated gain {result['sure_head']['shrink_gain_db']:.2f} dB"
+        )
+    else:
+        warnings.append(f"self-check failed: {what}. Output kept (--check shrink mixes the input back in)")
+    return den, result
 
 
 def denoise_file(
@@ -121,12 +168,17 @@ def denoise_file(
 
     Model: ``run`` (a loaded ``Run``; loaded from ``options.run`` if not given, so a folder of scans loads it
     once), or ``options.self_supervised``: fit on this scan for ``options.minutes`` with ``options.objective``
-    (in ``fit_dir`` if given, else a temporary folder), scaled by its own percentiles. ``options.sigma``:
-    "auto" (``estimate_sigma`` on the foreground, or ``estimate_sigma_rician`` for Rician noise) or a number
-    in input units. ``steps`` 0: one Tweedie step (stitched with ``stitch``); > 0: ``annealed_denoise`` with
-    ``sampler`` and ``chains``, seeded by ``seed``. Rician noise: magnitude MRI, denoised as Gaussian at the
-    same sigma, then ``rician_correct`` in input units. ``background="clamp"``: ``clamp_background`` outside
-    ``foreground_mask``; "none" keeps the model's output everywhere (e.g. a crop inside the head).
+    (in ``fit_dir`` if given, else a temporary folder), scaled by its own percentiles, or in the units of
+    the prior ``options.init`` when fine-tuning one. ``options.sigma``: "auto" (``estimate_sigma`` on the
+    foreground, or ``estimate_sigma_rician`` for Rician noise) or a number in input units.
+    ``options.spacing``: the grid to denoise on (``denoise.spacing``: resampled there and back, the noise
+    level scaled by the resampling's ``noise_factor``). ``steps`` 0: one Tweedie step (stitched with
+    ``stitch`` and ``overlap``, averaged over ``ensemble`` flips and tilings, under ``amp``); > 0:
+    ``annealed_denoise`` with ``sampler`` and ``chains``, seeded by ``seed``. Rician noise: magnitude MRI,
+    denoised as Gaussian at the same sigma, then ``rician_correct`` in input units. ``background="clamp"``:
+    ``clamp_background`` outside ``foreground_mask``; "none" keeps the model's output everywhere (e.g. a crop
+    inside the head). ``check`` (unless "off"): ``check_denoiser`` on the result in model units, which costs
+    one more pass, and its action on failure (``denoise.check``); the record holds its statistics.
     The output is float32 with the input's header and affine, written atomically; never over the input, and
     over an existing output only with ``force``. What can be refused is refused before any work.
     """
@@ -144,17 +196,23 @@ def denoise_file(
     timings["load_and_estimate"] = time.perf_counter() - t0
 
     t = time.perf_counter()
+    prior = None
     if options.self_supervised:
-        scaler, scaler_source = _scaler(src, data, None)
-        sigma_model = sigma_in / (scaler.hi - scaler.lo)
-        run = _fit_for_scan(
-            scaler.forward(data), sigma_model, options, None if fit_dir is None else str(fit_dir)
-        )
+        prior = None if options.init is None else Run.load(options.init, device=options.device)
+        trained = None if prior is None else prior.data.get("scalers")
     else:
         run = run if run is not None else Run.load(str(options.run), device=options.device)
         trained = run.data.get("scalers")
-        scaler, scaler_source = _scaler(src, data, trained[0] if trained else None)
-        sigma_model = sigma_in / (scaler.hi - scaler.lo)
+    scaler, scaler_source = _scaler(src, data, trained[0] if trained else None)
+    sigma_model = sigma_in / (scaler.hi - scaler.lo)
+    x_np = np.asarray(scaler.forward(data), dtype=np.float32)
+    regrid = _regrid(volume, options, prior if options.self_supervised else run)
+    # the noise level on the grid the model sees
+    sigma_grid = sigma_model if regrid is None else sigma_model * regrid.noise_factor
+    if options.self_supervised:
+        fitted = regrid.forward(x_np) if regrid is not None else scaler.forward(data)
+        run = _fit_for_scan(fitted, sigma_grid, options, None if fit_dir is None else str(fit_dir))
+    assert run is not None
     timings["fit" if options.self_supervised else "load_model"] = time.perf_counter() - t
 
     if run.spatial_dims != 3:
@@ -166,34 +224,44 @@ def denoise_file(
         score_sigma = float(run.data["score_sigma"])
         if options.steps:
             raise ValueError("a self-supervised run knows only its scan's noise level: use steps=0 (Tweedie)")
-        if abs(sigma_model / float(run.data["sigma"]) - 1) > 0.1:
-            warnings.append(f"run fitted at sigma {run.data['sigma']:.4g}, this scan has {sigma_model:.4g}")
-    elif sigma_model < sigma_min or (sigma_max is not None and sigma_model > float(sigma_max)):
-        warnings.append(f"sigma {sigma_model:.4g} (model units) outside the run's [{sigma_min}, {sigma_max}]")
+        if abs(sigma_grid / float(run.data["sigma"]) - 1) > 0.1:
+            warnings.append(f"run fitted at sigma {run.data['sigma']:.4g}, this scan has {sigma_grid:.4g}")
+    elif sigma_grid < sigma_min or (sigma_max is not None and sigma_grid > float(sigma_max)):
+        warnings.append(f"sigma {sigma_grid:.4g} (model units) outside the run's [{sigma_min}, {sigma_max}]")
+    amp = torch.bfloat16 if options.amp == "bf16" else None
+
+    def pipeline(y: np.ndarray) -> tuple[np.ndarray, float]:
+        """Model units on the scan's grid -> denoised (background rule applied), and the clamped share."""
+        generator = torch.Generator().manual_seed(options.seed)
+        z = y if regrid is None else regrid.forward(y)
+        xt = torch.from_numpy(np.asarray(z, dtype=np.float32)).to(options.device)
+        if options.steps == 0:
+            den = tweedie_denoise(
+                run.model, xt, sigma_grid, patch_size, coords, options.stitch, options.tile_batch, generator,
+                score_sigma, ensemble=options.ensemble, flip_axes=options.ensemble_axes,
+                overlap=options.overlap, amp=amp,
+            )  # fmt: skip
+        else:
+            den = annealed_denoise(
+                run.model, xt, sigma_grid, options.steps, patch_size, coords, sigma_min, options.sampler,
+                chains=options.chains, tile_batch=options.tile_batch, generator=generator,
+                overlap=options.overlap,
+            )  # fmt: skip
+        den_np = den.cpu().numpy()
+        if regrid is not None:
+            den_np = regrid.back(den_np)
+        if options.background == "clamp":
+            return clamp_background(den_np, y, sigma_model, head)
+        return den_np, 0.0
 
     t = time.perf_counter()
-    generator = torch.Generator().manual_seed(options.seed)
-    x = torch.from_numpy(np.asarray(scaler.forward(data), dtype=np.float32)).to(options.device)
-    if options.steps == 0:
-        den = tweedie_denoise(
-            run.model,
-            x,
-            sigma_model,
-            patch_size,
-            coords,
-            options.stitch,
-            options.tile_batch,
-            generator,
-            score_sigma,
-        )
-    else:
-        den = annealed_denoise(
-            run.model, x, sigma_model, options.steps, patch_size, coords, sigma_min, options.sampler,
-            chains=options.chains, tile_batch=options.tile_batch, generator=generator,
-        )  # fmt: skip
-    den_np, clamped = den.cpu().numpy(), 0.0
-    if options.background == "clamp":
-        den_np, clamped = clamp_background(den_np, x.cpu().numpy(), sigma_model, head)
+    den_np, clamped = pipeline(x_np)
+    timings["denoise"] = time.perf_counter() - t
+    check = None
+    if options.check != "off":
+        t = time.perf_counter()
+        den_np, check = _apply_check(src, options, pipeline, x_np, den_np, sigma_model, head, warnings)
+        timings["check"] = time.perf_counter() - t
     out = np.asarray(scaler.inverse(den_np), dtype=np.float32)
     if options.noise == "rician":
         out = rician_correct(out, sigma_in)
@@ -203,7 +271,6 @@ def denoise_file(
             f"{src}: the denoiser produced {bad} non-finite voxels (nothing written); "
             f"check the run {run.name} and sigma {sigma_in:.4g}"
         )
-    timings["denoise"] = time.perf_counter() - t
 
     t = time.perf_counter()
     save_volume(dst, out, reference=volume)
@@ -216,6 +283,7 @@ def denoise_file(
         "output": str(dst),
         "run": None if options.self_supervised else run.name,
         "self_supervised": run.kind == "self-supervised",
+        "init": options.init,
         "objective": cfg.objective,
         "model": {k: getattr(cfg, k) for k in ("preset", "patch_size", "sigma_min", "sigma_max", "precond")}
         | {"step": run.step, "coords": coords},
@@ -223,14 +291,19 @@ def denoise_file(
         "steps": int(options.steps),
         "chains": int(options.chains) if options.steps else 1,
         "stitch": options.stitch if options.steps == 0 else "shift, final step blend",
+        "overlap": float(options.overlap),
+        "ensemble": {"passes": int(options.ensemble), "axes": list(options.ensemble_axes)},
+        "amp": options.amp,
         "seed": int(options.seed),
         "noise": options.noise,
         "sigma": {
             "input_units": sigma_in,
             "model_units": sigma_model,
             "source": sigma_source,
-            "network_conditioning": sigma_model if score_sigma is None else score_sigma,
+            "network_conditioning": sigma_grid if score_sigma is None else score_sigma,
         },
+        "spacing": {"rule": options.spacing, "resampled": regrid is not None}
+        | ({} if regrid is None else regrid.record() | {"sigma_model_units": sigma_grid}),
         "scaler": {"source": scaler_source, **scaler.to_dict()},
         "background": {
             "rule": options.background,
@@ -240,6 +313,7 @@ def denoise_file(
             "outside_mean_abs_output": float(np.abs(out[outside]).mean()) if outside.any() else 0.0,
             "outside_mean_abs_input": float(np.abs(data[outside]).mean()) if outside.any() else 0.0,
         },
+        "check": check,
         "shape": list(volume.shape),
         "timings": {k: round(v, 4) for k, v in timings.items()},
         "warnings": warnings,

@@ -1,17 +1,53 @@
-"""Self-supervised denoising (Noise2Score): fit a score model to patches of the noisy scan itself."""
+"""Self-supervised denoising (Noise2Score): fit a score model to patches of the noisy scan itself, from
+scratch or from a trained prior (fine-tuning)."""
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
 from typing import Any
 
 import numpy as np
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
 from volscore.options import SELF_SUPERVISED_OBJECTIVES
 from volscore.run import Run
+
+FINE_TUNE_LR = 2e-4  # the trainer's default learning rate: a prior's weights are moved, not replaced
+# The model settings a fine-tuned fit takes from its prior (the weights must fit the network).
+PRIOR_FIELDS = ("preset", "patch_size", "coords", "coord_frequencies", "precond", "sigma_data")
+
+
+class TotalLevel(nn.Module):
+    """A score network conditioned on the total noise level sqrt(sigma_0^2 + t^2) of a patch of the noisy scan
+    perturbed once more by t, where the trainer passes t: what the network learns at that conditioning is
+    then the score of p_sqrt(sigma_0^2 + t^2), which is what a prior trained on clean data already means by
+    it (see ``fit_self_supervised``)."""
+
+    def __init__(self, net: nn.Module, data_sigma: float) -> None:
+        super().__init__()
+        self.net = net
+        self.data_sigma = float(data_sigma)
+
+    def forward(self, x: Tensor, sigma: Tensor | float, coords: Tensor | None = None) -> Tensor:
+        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
+        return self.net(x, torch.sqrt(sigma**2 + self.data_sigma**2), coords)
+
+
+def _total_level_trainer(data_sigma: float) -> Any:
+    """A ``Trainer`` whose training network is wrapped in ``TotalLevel`` (checkpoints and the EMA hold the
+    plain model, which is what a ``Run`` of the fit loads)."""
+    from volscore.train import Trainer
+
+    class TotalLevelTrainer(Trainer):
+        def _build(self, source: Any, state: Any) -> None:
+            super()._build(source, state)
+            self.net = TotalLevel(self.net, data_sigma)
+
+    return TotalLevelTrainer
 
 
 def self_supervised_levels(sigma: float, objective: str = "ssm-vr") -> tuple[float, float]:
@@ -39,6 +75,7 @@ def fit_self_supervised(
     seed: int = 0,
     steps: int | None = None,
     progress: bool = False,
+    init: str | None = None,
     **overrides: Any,
 ) -> Run:
     """Fit a score model to patches of one noisy scan (model units) and return it as a ``Run`` (EMA model).
@@ -63,6 +100,15 @@ def fit_self_supervised(
     The run (checkpoint, metrics) goes to ``out_dir``; None: a temporary folder, removed once the model is
     loaded. ``overrides`` are further ``TrainConfig`` fields (batch_size, lr, amp, ...). Short fits: the EMA
     decay defaults to 0.99 (0.999 would still be mostly the initial weights after a few hundred steps).
+
+    ``init``: start from a trained run's EMA weights (a run folder or pretrained:NAME; ``TrainConfig.init``),
+    with its network settings (``PRIOR_FIELDS``) and a gentler learning rate (``FINE_TUNE_LR``); the scan
+    must be in that run's model units (and voxel size). A prior trained on clean data means by conditioning
+    tau the score of p_tau; so the fit conditions the network on the total level tau = sqrt(sigma_0^2 + t^2)
+    of its patches (``TotalLevel``) instead of t, and learns the same function the prior approximates, now
+    for this scan's anatomy, and denoising reads it at tau_min = sqrt(sigma_0^2 + t_min^2) (1.02 sigma_0
+    for DSM). Conditioned on t as a fit from scratch is, the prior's starting point would be the score at
+    0.2 sigma_0, and its first Tweedie step would overshoot by (sigma_0 / t_min)^2 = 25 times.
     """
     from volscore.config import TrainConfig
     from volscore.data.patches import PatchSampler
@@ -71,16 +117,7 @@ def fit_self_supervised(
 
     t_min, t_max = self_supervised_levels(sigma, objective)
     volume = np.ascontiguousarray(np.asarray(noisy, dtype=np.float32))
-    # Half of the patches anywhere: the air is denoised too, so the model must see it.
-    sampler = PatchSampler([volume], patch_size, coords=True, foreground_fraction=0.5)
-    meta = {
-        "kind": "self-supervised",
-        "sigma": float(sigma),
-        "objective": objective,
-        "score_sigma": t_min,
-        "shapes": [list(volume.shape)],
-    }
-    settings = dict(
+    settings: dict[str, Any] = dict(
         data=["self-supervised"],
         objective=objective,
         preset=preset,
@@ -98,12 +135,30 @@ def fit_self_supervised(
         seed=seed,
         log_every=10,
     )
+    trainer_class = Trainer
+    if init is not None:
+        prior = Run.load(init).config
+        settings.update({k: getattr(prior, k) for k in PRIOR_FIELDS}, init=init, lr=FINE_TUNE_LR)
+        trainer_class = _total_level_trainer(sigma)
     settings.update(overrides)
-    meta["score_sigma"] = float(settings["sigma_min"])  # the level denoising must condition on
+    # Half of the patches anywhere: the air is denoised too, so the model must see it.
+    sampler = PatchSampler(
+        [volume], settings["patch_size"], coords=bool(settings["coords"]), foreground_fraction=0.5
+    )
+    level = float(settings["sigma_min"])  # the level denoising must condition on
+    meta = {
+        "kind": "self-supervised",
+        "sigma": float(sigma),
+        "objective": objective,
+        "score_sigma": level if init is None else math.sqrt(float(sigma) ** 2 + level**2),
+        "conditioning": "t" if init is None else "total",
+        "shapes": [list(volume.shape)],
+    }
     tmp = tempfile.mkdtemp(prefix="volscore_selfsup_") if out_dir is None else None
     settings["out"] = str(out_dir or tmp)
     try:
-        with Trainer(TrainConfig(**settings), progress=progress, source=Source(sampler, 3, meta)) as trainer:
+        source = Source(sampler, 3, meta)
+        with trainer_class(TrainConfig(**settings), progress=progress, source=source) as trainer:
             trainer.run()
             run = Run.from_state(trainer.state_dict(), name=f"self-supervised fit ({settings['out']})")
     finally:
