@@ -1,8 +1,8 @@
 """Seams: how visible are the tile boundaries of a stitched volume, per stitching mode?
 
-A model trained for a few minutes on the bundled MNI template with the demo's settings
-(``volscore.recipes.demo_config``: 3 mm, patch 32, whole template, lr 1e-3, 50 warm-up steps; ``--run``
-reuses one, e.g. from ``volscore demo``) samples the training volume's shape with shift, blend and fixed
+A model trained for a few minutes on the bundled MNI template with the bundled prior's recipe
+(``volscore.recipes.prior_config``: 3 mm, patch 32, whole template, Fourier coordinate features, lr 1e-3, 50
+warm-up steps; ``--run`` reuses one, e.g. ``--run pretrained:mni152-prior``) samples the training volume's shape with shift, blend and fixed
 stitching (same seed, annealed Langevin, 40 levels x 2 steps); ``seam_score(volume, patch, offset=0)``
 measures the fixed grid's boundaries (about 1 without seams on a stationary volume; a brain's central
 planes score higher, so the model run on the whole volume at once, with no tiles, is the seam-free
@@ -18,7 +18,6 @@ Montages go to ``--results-dir``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import sys
 import time
@@ -45,21 +44,17 @@ def _seam(volume: Any, patch: int, offset: Sequence[int] | int = 0) -> float:
 
 
 def seam_config(args: argparse.Namespace, run_dir: Path):
-    """The demo's training run (``demo_config``) at this benchmark's spacing, patch and budget."""
-    from volscore.options import DemoOptions
-    from volscore.recipes import demo_config
+    """The bundled prior's recipe (``prior_config``) at this benchmark's spacing, patch and budget."""
+    from volscore.recipes import prior_config
 
-    options = DemoOptions(
-        out=str(run_dir),
-        minutes=args.seam_minutes,
-        spacing=args.seam_spacing,
-        patch_size=args.seam_patch,
-        seed=args.seed,
-    )
-    options.validate()
-    cfg = demo_config(options)
     if args.seam_train_steps:
-        cfg = dataclasses.replace(cfg, steps=args.seam_train_steps, minutes=None)
+        budget = {"steps": args.seam_train_steps, "minutes": None}
+    else:
+        budget = {"steps": None, "minutes": args.seam_minutes}
+    cfg = prior_config(
+        str(run_dir), spacing=args.seam_spacing, patch_size=args.seam_patch, seed=args.seed, **budget
+    )
+    cfg.validate()
     return cfg
 
 

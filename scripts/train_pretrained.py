@@ -34,7 +34,12 @@ RECIPES: dict[str, dict[str, Any]] = {
     "mnist": dict(
         summary="2D MNIST score model (DSM, EDM recipe) for the lecture's baseline",
         config=lambda out: TrainConfig(
-            data=["mnist"], out=out, preset="small", sigma_dist="lognormal", weighting="edm", lr=1e-3,
+            data=["mnist"],
+            out=out,
+            preset="small",
+            sigma_dist="lognormal",
+            weighting="edm",
+            lr=1e-3,
             steps=6000,
         ),  # fmt: skip
         data="the bundled 5,000-digit MNIST subset, training split (400 per class)",
@@ -69,24 +74,6 @@ def command_line(cfg: TrainConfig) -> str:
         else:
             parts.append(f"{flag} {value}")
     return " ".join(parts)
-
-
-def export(run_dir: Path, weights: Path) -> int:
-    """Write the run's EMA weights (float16) with what rebuilds and describes the model; return the size."""
-    from volscore.atomic import atomic_write
-    from volscore.checkpoint import load_checkpoint
-
-    state = load_checkpoint(run_dir / "checkpoint.pt")
-    ema = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
-    slim = {
-        "model": {k: v.half() if v.is_floating_point() else v for k, v in ema.items()},
-        "model_args": state["model_args"],
-        "config": state["config"],
-        "data": state["data"],
-        "step": state["step"],
-    }
-    atomic_write(weights, lambda tmp: torch.save(slim, tmp))
-    return weights.stat().st_size
 
 
 def _run(weights: Path, name: str):
@@ -170,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--threads", type=int, help="torch threads (default: volscore.machine.default_threads)")
     args = p.parse_args(argv)
     from volscore.machine import set_threads
-    from volscore.pretrained import sha256
+    from volscore.pretrained import export_weights, sha256
     from volscore.recipes import train_or_resume
 
     threads = set_threads(args.threads)
@@ -183,7 +170,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     minutes = (time.monotonic() - t0) / 60
     into = Path(args.into)
     weights = into / f"{args.name}.pt"
-    size = export(run_dir, weights)
+    size = export_weights(run_dir, weights)
     figures = MEASURES[args.name](weights)
     card = {
         "name": args.name,

@@ -24,17 +24,16 @@ def _load():
     return module
 
 
-def test_trains_with_the_demo_settings(tmp_path):
-    from volscore.options import DemoOptions
-    from volscore.recipes import demo_config
+def test_trains_with_the_prior_recipe(tmp_path):
+    from volscore.recipes import prior_config
 
     bench = _load()
     args = bench.parse_args(["--quick"])
     cfg = bench.seam_config(args, tmp_path / "run")
-    demo = demo_config(DemoOptions(out=str(tmp_path / "run"), spacing=6.0, patch_size=16))
+    recipe = prior_config(str(tmp_path / "run"), spacing=6.0, patch_size=16, steps=2)
     assert (cfg.steps, cfg.minutes) == (2, None)  # the --quick budget
-    assert {**cfg.to_dict(), "steps": None, "minutes": demo.minutes} == demo.to_dict()  # all else the demo's
-    assert cfg.warmup == 50 and cfg.lr == 1e-3
+    assert cfg.to_dict() == recipe.to_dict()  # all else the bundled prior's recipe
+    assert cfg.coord_frequencies == 5 and cfg.warmup == 50 and cfg.lr == 1e-3
 
 
 @pytest.mark.slow

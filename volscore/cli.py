@@ -23,13 +23,13 @@ from volscore.options import (
 from volscore.sampling.settings import SamplerSettings
 
 EXAMPLES = """examples:
-  volscore demo                                       # 3D: train on the MNI template, sample a brain
+  volscore demo                                       # 3D: sample a brain, denoise a hold-out block
   volscore baseline --minutes 20                      # 2D MNIST: train, sample, evaluate
   volscore train --data mnist --out runs/mnist --minutes 10
   volscore sample --run runs/mnist --n 64 --out runs/mnist/grid.png
   volscore info data/mni152_2009a_sym_t1_1mm.nii.gz
   volscore noisy mni152 noisy.nii.gz --fraction 0.05   # a noisy copy with known sigma
-  volscore denoise noisy.nii.gz clean.nii.gz --run runs/demo --png before_after.png
+  volscore denoise noisy.nii.gz clean.nii.gz --png before_after.png   # bundled T1 denoiser
   volscore denoise noisy.nii.gz clean.nii.gz --self-supervised --minutes 10
   volscore models                                     # the bundled pretrained models
   volscore sample --run pretrained:mni152-prior --out brain.nii.gz
@@ -129,8 +129,10 @@ def cmd_info(a: argparse.Namespace) -> int:
 def cmd_denoise(a: argparse.Namespace) -> int:
     from volscore.denoise.command import denoise_paths
 
-    options = from_namespace(DenoiseOptions, a)
+    options, note = from_namespace(DenoiseOptions, a).with_default_model()
     options.validate()
+    if note:
+        print(note)
     _threads(a)
     status, lines = denoise_paths(
         options,
@@ -211,7 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_baseline)
 
     p = sub.add_parser(
-        "demo", help="3D main job: train on the MNI template, sample a brain", formatter_class=fmt
+        "demo",
+        help="3D main job: sample a brain from the bundled prior, denoise a hold-out block",
+        formatter_class=fmt,
     )
     add_arguments(p, DemoOptions)
     add_arguments(p, SamplerSettings, defaults=DEMO_SAMPLER)

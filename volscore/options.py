@@ -5,6 +5,7 @@ No torch import, so ``volscore --help`` stays instant.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,7 @@ NOISE_MODELS = ("gaussian", "rician")
 BACKGROUND_RULES = ("clamp", "none")
 DENOISE_CHAINS = ("pc", "annealed")  # the chains ``denoise.estimators.annealed_denoise`` runs from the scan
 SELF_SUPERVISED_OBJECTIVES = ("dsm", "ssm-vr")
+DEFAULT_DENOISER = "pretrained:t1-denoiser"  # ``volscore denoise`` without --run or --self-supervised
 # volscore.data.nifti.load_volume's volume_index, the flag of every command that reads one scan
 VOLUME_INDEX_HELP = "4D files: the volume to use (0 is the first; negative counts from the end)"
 SPACING_RULES = ("native", "auto")  # or a spacing in mm: ``denoise.spacing``
@@ -64,7 +66,10 @@ class SampleOptions:
 class DenoiseOptions:
     """How ``volscore denoise`` works: the model (a run or a self-supervised fit), noise and estimator."""
 
-    run: str | None = field(default=None, metadata=_opt("trained 3D run folder, or pretrained:NAME"))
+    run: str | None = field(
+        default=None,
+        metadata=_opt(f"trained 3D run folder, or pretrained:NAME (default: {DEFAULT_DENOISER})"),
+    )
     self_supervised: bool = field(default=False, metadata=_opt("fit a model on the noisy scan itself"))
     sigma: str = field(default="auto", metadata=_opt("noise sd in input units, or auto (estimated, printed)"))
     noise: str = field(default="gaussian", metadata=_opt("noise model", choices=NOISE_MODELS))
@@ -137,10 +142,26 @@ class DenoiseOptions:
         """The given spacing in mm, or None for a rule ("native", "auto")."""
         return None if self.spacing in SPACING_RULES else float(self.spacing)
 
+    def with_default_model(self) -> tuple[DenoiseOptions, str | None]:
+        """These options with the bundled T1 denoiser as the run when neither --run nor --self-supervised is
+        given, and the line that says so (None when a model was given)."""
+        if self.run is not None or self.self_supervised:
+            return self, None
+        note = (
+            f"no --run or --self-supervised given: denoising with the bundled {DEFAULT_DENOISER} "
+            "(see `volscore models`)"
+        )
+        return dataclasses.replace(self, run=DEFAULT_DENOISER), note
+
     def validate(self) -> None:
         """The one place the denoising options are checked: model choice, sigma, chain, noise model."""
-        if (self.run is None) == (not self.self_supervised):
+        if self.run is not None and self.self_supervised:
             raise ValueError("give either a trained run (--run RUN) or --self-supervised, not both")
+        if self.run is None and not self.self_supervised:
+            raise ValueError(
+                "no model: give --run RUN, --self-supervised, or use with_default_model() (the bundled "
+                f"{DEFAULT_DENOISER})"
+            )
         if self.sigma != "auto":
             try:
                 value = float(self.sigma)
@@ -220,9 +241,7 @@ class DemoOptions:
     prior: str = field(
         default="pretrained:mni152-prior", metadata=_opt("3D prior to sample: run or pretrained:NAME")
     )
-    denoiser: str = field(
-        default="pretrained:t1-denoiser", metadata=_opt("3D denoiser: run or pretrained:NAME")
-    )
+    denoiser: str = field(default=DEFAULT_DENOISER, metadata=_opt("3D denoiser: run or pretrained:NAME"))
     minutes: float = field(
         default=0.0, metadata=_opt("train the prior this many minutes further first (0: as is)")
     )

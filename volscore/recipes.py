@@ -45,8 +45,13 @@ def train_or_resume(cfg: TrainConfig, say: Callable[[str], None] = print) -> Pat
 
 
 def prior_config(
-    out: str, spacing: float = 3.0, patch_size: int = 32, preset: str = "small", steps: int | None = 3000,
-    minutes: float | None = None, seed: int = 0,
+    out: str,
+    spacing: float = 3.0,
+    patch_size: int = 32,
+    preset: str = "small",
+    steps: int | None = 3000,
+    minutes: float | None = None,
+    seed: int = 0,
 ) -> TrainConfig:
     """The 3D prior recipe of the bundled ``mni152-prior``: the whole template at ``spacing`` in patches with
     coordinates and their Fourier features (without them the model cannot tell where it is at large sigma and
@@ -59,7 +64,9 @@ def prior_config(
     )  # fmt: skip
 
 
-def denoiser_config(out: str, steps: int | None = 3000, minutes: float | None = None, seed: int = 0) -> TrainConfig:
+def denoiser_config(
+    out: str, steps: int | None = 3000, minutes: float | None = None, seed: int = 0
+) -> TrainConfig:
     """The T1 denoiser recipe of the bundled ``t1-denoiser``: the template's y < 120 part only (the hold-out
     stays unseen) at 1 mm and resampled to 2 and 3 mm (scans come at many voxel sizes and are denoised on their
     own grid, where their noise is white), no coordinates (another scan's field of view puts anatomy

@@ -154,7 +154,7 @@ def test_bad_inputs_raise_volume_error_and_write_nothing(tmp_path, tiny_run):
 def test_bad_options_are_refused_before_reading(tmp_path, tiny_run):
     src = tmp_path / "never_read.nii.gz"  # does not exist: the options fail first
     out = tmp_path / "out.nii.gz"
-    with pytest.raises(ValueError, match="either a trained run"):
+    with pytest.raises(ValueError, match="no model: give --run RUN"):
         denoise_file(src, out, DenoiseOptions())
     for kwargs, match in (
         ({"noise": "poisson"}, "noise"),
