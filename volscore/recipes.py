@@ -180,15 +180,15 @@ def demo(
 
 
 def baseline_config(options: BaselineOptions) -> TrainConfig:
+    from volscore.options import BASELINE_RECIPES
+
+    recipe = dict(BASELINE_RECIPES[options.recipe])
+    if options.lr is not None:
+        recipe["lr"] = options.lr
     return TrainConfig(
-        data=["mnist"],
-        out=options.out,
-        objective=options.objective,
-        preset=options.preset,
-        minutes=options.minutes,
-        lr=options.lr,
-        seed=options.seed,
-    )
+        data=["mnist"], out=options.out, objective=options.objective, preset=options.preset,
+        minutes=options.minutes, seed=options.seed, **recipe,
+    )  # fmt: skip
 
 
 def baseline(
