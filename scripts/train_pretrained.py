@@ -17,7 +17,9 @@ import argparse
 import dataclasses
 import datetime
 import json
+import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from volscore.config import TrainConfig
 from volscore.recipes import denoiser_config, prior_config
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/: bench_denoise, bench_samplers
 
 # Fixed-step recipes (chosen by the measurements in the README: bench_samplers / bench_recipes).
 RECIPES: dict[str, dict[str, Any]] = {
@@ -61,10 +64,11 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 def command_line(cfg: TrainConfig) -> str:
     """The ``volscore train`` command equivalent to ``cfg`` (fields that differ from the defaults)."""
-    parts = ["volscore train"]
+    parts = ["volscore train", f"--out {cfg.out}"]
     for f in dataclasses.fields(TrainConfig):
         value = getattr(cfg, f.name)
-        if "help" not in f.metadata or value == f.default:
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if "help" not in f.metadata or value == default or f.name == "out":
             continue
         flag = "--" + f.name.replace("_", "-")
         if isinstance(value, bool):
@@ -91,7 +95,9 @@ def measure_mnist(weights: Path, n: int = 500) -> dict[str, Any]:
     from volscore.metrics.mnist import cache_dir, evaluate_mnist_samples
     from volscore.sampling.settings import SamplerSettings
 
-    settings = SamplerSettings()
+    from volscore.options import BASELINE_SAMPLER
+
+    settings = SamplerSettings(**BASELINE_SAMPLER)
     run = _run(weights, "mnist")
     x = sample_run_tensor(run, settings, n=n, seed=0, progress=False)
     train_x, train_y = load_mnist("train")
@@ -114,7 +120,9 @@ def measure_prior(weights: Path) -> dict[str, Any]:
     from volscore.metrics.volumes import volume_sample_quality
     from volscore.sampling.settings import SamplerSettings
 
-    settings = SamplerSettings()
+    from volscore.options import DEMO_SAMPLER
+
+    settings = SamplerSettings(**DEMO_SAMPLER)
     run = _run(weights, "mni152-prior")
     t0 = time.monotonic()
     x = sample_run_tensor(run, settings, n=1, seed=0, progress=False)[0, 0]
@@ -131,7 +139,31 @@ def measure_prior(weights: Path) -> dict[str, Any]:
     }
 
 
-MEASURES = {"mnist": measure_mnist, "mni152-prior": measure_prior}
+def measure_denoiser(weights: Path) -> dict[str, Any]:
+    """PSNR before and after on the template's hold-out and on other subjects' scans (bench_denoise's cases:
+    Gaussian noise of 0.05 and 0.10 of each scan's 99.5th percentile), through ``volscore denoise``'s path."""
+    from bench_denoise import denoiser_figures
+
+    return denoiser_figures(f"pretrained:{weights.stem}")
+
+
+MEASURES = {"mnist": measure_mnist, "mni152-prior": measure_prior, "t1-denoiser": measure_denoiser}
+
+
+def metrics_minutes(run_dir: Path) -> float | None:
+    """Training minutes from the run's metrics.csv (seconds per step x steps per logged row)."""
+    import csv
+
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return None
+    rows = list(csv.DictReader(path.open()))
+    total, last = 0.0, 0
+    for row in rows:
+        step = int(row["step"])
+        total += float(row["sec_per_step"]) * (step - last)
+        last = step
+    return round(total / 60, 1)
 
 
 def machine() -> str:
@@ -171,14 +203,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     into = Path(args.into)
     weights = into / f"{args.name}.pt"
     size = export_weights(run_dir, weights)
-    figures = MEASURES[args.name](weights)
     card = {
         "name": args.name,
         "summary": recipe["summary"],
         "command": command_line(cfg),
         "reproduce": f"python scripts/train_pretrained.py {args.name}",
         "steps": cfg.steps,
-        "minutes": None if args.skip_train else round(minutes, 1),
+        "minutes": metrics_minutes(run_dir),  # the whole run's training time, over every resume
+        "minutes_this_call": None if args.skip_train else round(minutes, 1),
+        "load_average_at_export": [round(v, 2) for v in os.getloadavg()],  # > threads: the machine was shared
         "threads": threads,
         "machine": machine(),
         "date": datetime.date.today().isoformat(),
@@ -186,8 +219,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "weights": weights.name,
         "size_bytes": size,
         "sha256": sha256(weights),
-        "figures": figures,
     }
+    # Written first without figures, so the figures are measured through the registry (pretrained:NAME,
+    # hash-checked) exactly as a user loads the model.
+    (into / f"{args.name}.json").write_text(json.dumps(card, indent=2) + "\n")
+    os.environ["VOLSCORE_PRETRAINED"] = str(into)
+    card["figures"] = MEASURES[args.name](weights)
     (into / f"{args.name}.json").write_text(json.dumps(card, indent=2) + "\n")
     print(json.dumps(card, indent=2))
     return card
