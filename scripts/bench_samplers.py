@@ -94,9 +94,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 r.pop("samples")
                 result["mnist"].append(r)
                 print(
-                    f"mnist {sampler:>8} L={r['levels']:>3} NFE={r['nfe']:>3}: confident {100 * r['confident_fraction']:.1f} % "
+                    f"mnist {sampler:>8} L={r['levels']:>3} NFE={r['nfe']:>3}: "
+                    f"confident {100 * r['confident_fraction']:.1f} % "
                     f"FD {r['fd']:.2f} (floor {r['fd_floor']:.2f}) fd_train {r['fd_train']:.2f} "
-                    f"classes {100 * r['class_range'][0]:.1f}-{100 * r['class_range'][1]:.1f} % {r['seconds']:.0f} s",
+                    f"classes {100 * r['class_range'][0]:.1f}-{100 * r['class_range'][1]:.1f} % "
+                    f"{r['seconds']:.0f} s",
                     flush=True,
                 )
     (out / "bench_samplers.json").write_text(json.dumps(result, indent=2))

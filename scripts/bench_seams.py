@@ -1,8 +1,9 @@
 """Seams: how visible are the tile boundaries of a stitched volume, per stitching mode?
 
 A model trained for a few minutes on the bundled MNI template with the bundled prior's recipe
-(``volscore.recipes.prior_config``: 3 mm, patch 32, whole template, Fourier coordinate features, lr 1e-3, 50
-warm-up steps; ``--run`` reuses one, e.g. ``--run pretrained:mni152-prior``) samples the training volume's shape with shift, blend and fixed
+(``volscore.recipes.prior_config``: 3 mm, patch 32, whole template, Fourier coordinate features, lr 1e-3,
+50 warm-up steps; ``--run`` reuses one, e.g. ``--run pretrained:mni152-prior``) samples the training
+volume's shape with shift, blend and fixed
 stitching (same seed, annealed Langevin, 40 levels x 2 steps); ``seam_score(volume, patch, offset=0)``
 measures the fixed grid's boundaries (about 1 without seams on a stationary volume; a brain's central
 planes score higher, so the model run on the whole volume at once, with no tiles, is the seam-free

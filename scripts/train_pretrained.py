@@ -1,11 +1,11 @@
-"""Reproduce a bundled model: train it with volscore's own training loop, export it, measure it, write its card.
+"""Reproduce a bundled model: train it with volscore's own training loop, export, measure, write its card.
 
     .venv/bin/python scripts/train_pretrained.py mni152-prior      # the demo's 3D prior
     .venv/bin/python scripts/train_pretrained.py mnist             # the 2D baseline's model
     .venv/bin/python scripts/train_pretrained.py t1-denoiser       # the default of `volscore denoise`
 
-Each recipe is a ``TrainConfig`` (printed as the equivalent ``volscore train`` command on the card) trained for
-a fixed number of steps, so the result does not depend on how busy the machine is, only the minutes do.
+Each recipe is a ``TrainConfig`` (printed as the equivalent ``volscore train`` command on the card) trained
+for a fixed number of steps, so the result does not depend on how busy the machine is, only the minutes do.
 The run goes to ``--runs/NAME``; the export keeps the EMA weights in float16 with the arguments that rebuild
 the model (``--into``, default the package's ``volscore/pretrained``), and the card records the command,
 steps, minutes, machine, date, data, sha256 and the figures measured on data the model never saw.
@@ -56,8 +56,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         summary="3D T1 denoiser (Tweedie): the template's y < 120 part at 1, 2 and 3 mm, no coordinates, "
         "augmented (flips, rotations and scalings, gamma, bias field), small noise levels",
         config=lambda out: denoiser_config(out, steps=3000),
-        data="the bundled MNI152 2009a symmetric T1 template, y < 120 only (the hold-out y >= 120 never seen), "
-        "at 1 mm and resampled to 2 and 3 mm",
+        data="the bundled MNI152 2009a symmetric T1 template, y < 120 only (the hold-out y >= 120 never "
+        "seen), at 1 mm and resampled to 2 and 3 mm",
     ),
 }
 
@@ -93,9 +93,8 @@ def measure_mnist(weights: Path, n: int = 500) -> dict[str, Any]:
     from volscore.generate import sample_run_tensor
     from volscore.metrics.classifier import load_or_train_classifier
     from volscore.metrics.mnist import cache_dir, evaluate_mnist_samples
-    from volscore.sampling.settings import SamplerSettings
-
     from volscore.options import BASELINE_SAMPLER
+    from volscore.sampling.settings import SamplerSettings
 
     settings = SamplerSettings(**BASELINE_SAMPLER)
     run = _run(weights, "mnist")
@@ -106,7 +105,7 @@ def measure_mnist(weights: Path, n: int = 500) -> dict[str, Any]:
     m = evaluate_mnist_samples(x, clf, train_x, test_x)
     levels = settings.steps or 18
     return {
-        "sampler": f"{settings.sampler}, {levels} levels = {settings.network_evaluations(levels)} network evaluations",
+        "sampler": f"{settings.sampler}, {levels} levels, {settings.network_evaluations(levels)} evaluations",
         "confident_fraction": round(m["confident_fraction"], 4),
         "class_range": [round(min(m["class_histogram"]), 4), round(max(m["class_histogram"]), 4)],
         "frechet_distance_test": round(m["fd"], 3),
@@ -118,9 +117,8 @@ def measure_prior(weights: Path) -> dict[str, Any]:
     """One sample at the template's shape with the default sampler, against the (resampled) template."""
     from volscore.generate import sample_run_tensor
     from volscore.metrics.volumes import volume_sample_quality
-    from volscore.sampling.settings import SamplerSettings
-
     from volscore.options import DEMO_SAMPLER
+    from volscore.sampling.settings import SamplerSettings
 
     settings = SamplerSettings(**DEMO_SAMPLER)
     run = _run(weights, "mni152-prior")
@@ -130,7 +128,7 @@ def measure_prior(weights: Path) -> dict[str, Any]:
     q = volume_sample_quality(x.numpy(), run.training_volume())
     levels = settings.steps or 18
     return {
-        "sampler": f"{settings.sampler}, {levels} levels = {settings.network_evaluations(levels)} network evaluations",
+        "sampler": f"{settings.sampler}, {levels} levels, {settings.network_evaluations(levels)} evaluations",
         "sample_shape": list(x.shape),
         "ssim_vs_template": round(q["ssim"], 4),
         "noise_ratio_vs_template": round(q["noise_ratio"], 3),

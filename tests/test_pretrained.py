@@ -1,7 +1,7 @@
 """volscore.pretrained: the bundled-model registry. Cards and weights are checked (sha256, weights_only),
-unknown names and damaged files are clear errors, ``pretrained:NAME`` works wherever a run is accepted, and
-``volscore denoise`` without a model uses the bundled T1 denoiser. The tests use a registry folder of their own
-($VOLSCORE_PRETRAINED) holding a tiny exported run; ``test_bundled_cards_*`` check the models in the package."""
+unknown names and damaged files are clear errors, ``pretrained:NAME`` works wherever a run is accepted,
+and ``volscore denoise`` without a model uses the bundled T1 denoiser. The tests use a registry folder of
+their own ($VOLSCORE_PRETRAINED) holding a tiny exported run; ``test_bundled_*`` check the package's."""
 
 from __future__ import annotations
 

@@ -394,7 +394,7 @@ def test_trainer_trains_alike_with_both_ssm_methods(tmp_path):
     assert _max_param_diff(runs["exact"].model, runs["forward"].model) < 1e-4
 
 
-# -- one training per run folder, interrupts, a full disk, non-finite weights ----------------------------------
+# -- one training per run folder, interrupts, a full disk, non-finite weights ------------------------------
 @pytest.mark.reliability
 def test_a_second_training_on_the_same_run_is_refused_until_the_first_ends(tmp_path):
     import os
@@ -509,7 +509,8 @@ def test_sigterm_to_a_training_process_saves_and_exits_143(tmp_path):
     from pathlib import Path
 
     run = tmp_path / "r"
-    argv = [sys.executable, "-m", "volscore", "train", "--data", "mnist", "--out", str(run), "--preset", "tiny"]
+    argv = [sys.executable, "-m", "volscore", "train", "--data", "mnist", "--out", str(run)]
+    argv += ["--preset", "tiny"]
     argv += ["--steps", "100000", "--batch-size", "4", "--ckpt-every", "100000"]
     argv += ["--sigma-max", "5", "--num-sigmas", "4", "--amp", "off", "--threads", "1"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PYTHONWARNINGS": "ignore"}

@@ -68,8 +68,8 @@ def denoiser_config(
     out: str, steps: int | None = 3000, minutes: float | None = None, seed: int = 0
 ) -> TrainConfig:
     """The T1 denoiser recipe of the bundled ``t1-denoiser``: the template's y < 120 part only (the hold-out
-    stays unseen) at 1 mm and resampled to 2 and 3 mm (scans come at many voxel sizes and are denoised on their
-    own grid, where their noise is white), no coordinates (another scan's field of view puts anatomy
+    stays unseen) at 1 mm and resampled to 2 and 3 mm (scans come at many voxel sizes and are denoised on
+    their own grid, where their noise is white), no coordinates (another scan's field of view puts anatomy
     elsewhere), augmented (flips, rotations and scalings, gamma, smooth bias fields), and EDM's log-normal
     training sigmas centred on the noise levels of scans (e^-2.5 = 0.08 of the intensity range)."""
     return TrainConfig(
