@@ -79,3 +79,15 @@ def test_demo_samples_denoises_and_writes_every_file_it_names(tiny_registry, tmp
     # a second call refuses to replace the files without --force, before any work
     with pytest.raises(Exception, match="exists"):
         demo(DemoOptions(out=str(out)), SamplerSettings(steps=4), say=lines.append)
+
+
+@pytest.mark.slow
+def test_demo_minutes_fine_tunes_the_prior_and_samples_from_the_tuned_run(tiny_registry, tmp_path):
+    from volscore.run import Run
+    from volscore.sampling.settings import SamplerSettings
+
+    out = tmp_path / "demo"
+    result = demo(DemoOptions(out=str(out), minutes=0.01), SamplerSettings(steps=3), say=lambda _: None)
+    tuned = Run.load(out / "prior")
+    assert tuned.data["init_from"]["init"] == "pretrained:mni152-prior"
+    assert result["prior"] == str(out / "prior") and tuned.step >= 1
