@@ -91,11 +91,11 @@ def test_denoise_sigma_value():
 @pytest.mark.parametrize(
     "options, option",
     [
-        (DemoOptions(minutes=0.0), "--minutes"),
+        (DemoOptions(minutes=-1.0), "--minutes"),
         (DemoOptions(minutes=math.nan), "--minutes"),
-        (DemoOptions(spacing=-3.0), "--spacing"),
-        (DemoOptions(spacing=math.inf), "--spacing"),
-        (DemoOptions(patch_size=0), "--patch-size"),
+        (DemoOptions(noise=0.0), "--noise"),
+        (DemoOptions(noise=math.inf), "--noise"),
+        (DemoOptions(seed=-1), "seed"),
         (BaselineOptions(minutes=math.inf), "--minutes"),
         (BaselineOptions(lr=0.0), "--lr"),
         (BaselineOptions(lr=math.nan), "--lr"),
