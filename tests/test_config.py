@@ -11,6 +11,7 @@ import pytest
 
 from volscore.config import (
     AMP_MODES,
+    AUGMENTATIONS,
     LR_SCHEDULES,
     OBJECTIVES,
     PRECONDITIONERS,
@@ -71,6 +72,11 @@ def test_defaults_with_a_budget_are_valid():
         ({"weighting": "unit"}, "weighting"),
         ({"precond": "ve"}, "precond"),
         ({"lr_schedule": "linear"}, "lr_schedule"),
+        ({"augment": ["rotate"]}, "--augment"),
+        ({"augment": ["flip", "flip"]}, "--augment"),
+        ({"multires": []}, "--multires"),
+        ({"multires": [2.0, 0.0]}, "--multires"),
+        ({"multires": [math.nan]}, "--multires"),
     ],
 )
 def test_validate_refusals_name_the_option(changes, option):
@@ -96,6 +102,15 @@ def test_every_listed_choice_validates_and_matches_the_flag(name, allowed):
         _cfg(**{name: value, **extra}).validate()
     field = {f.name: f for f in dataclasses.fields(TrainConfig)}[name]
     assert tuple(field.metadata["choices"]) == allowed and field.default in allowed
+
+
+def test_augmentations_are_the_flags_choices_and_round_trip():
+    field = {f.name: f for f in dataclasses.fields(TrainConfig)}["augment"]
+    assert tuple(field.metadata["choices"]) == AUGMENTATIONS and TrainConfig(data=[], out="r").augment == []
+    cfg = _cfg(augment=list(AUGMENTATIONS), multires=[1.0, 2.5])
+    cfg.validate()
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    assert "augment" not in RUNTIME_FIELDS and "multires" not in RUNTIME_FIELDS  # the data: fixed on resume
 
 
 def test_preset_names_are_the_presets_and_preconditioners_are_the_kinds():

@@ -10,6 +10,8 @@ import pytest
 
 from volscore.options import (
     BACKGROUND_RULES,
+    CHECK_MODES,
+    DENOISE_AMP,
     DENOISE_CHAINS,
     NOISE_MODELS,
     SELF_SUPERVISED_OBJECTIVES,
@@ -73,6 +75,22 @@ def test_sample_options_refusals_name_the_option(changes, option):
         ({"tile_batch": 0}, "--tile-batch"),
         ({"minutes": 0.0}, "--minutes"),
         ({"minutes": math.inf}, "--minutes"),
+        ({"spacing": "coarse"}, "--spacing"),
+        ({"spacing": "0"}, "--spacing"),
+        ({"spacing": "-1.5"}, "--spacing"),
+        ({"spacing": "inf"}, "--spacing"),
+        ({"spacing": "nan"}, "--spacing"),
+        ({"ensemble": 0}, "--ensemble"),
+        ({"ensemble": 2, "steps": 3}, "--ensemble"),  # the ensemble is for Tweedie
+        ({"ensemble_axes": [0, 0]}, "--ensemble-axes"),
+        ({"ensemble_axes": [3]}, "--ensemble-axes"),
+        ({"ensemble_axes": [-1]}, "--ensemble-axes"),
+        ({"overlap": 1.0}, "--overlap"),
+        ({"overlap": -0.1}, "--overlap"),
+        ({"overlap": math.nan}, "--overlap"),
+        ({"amp": "fp16"}, "amp"),
+        ({"check": "maybe"}, "check"),
+        ({"init": "runs/prior"}, "--init"),  # a prior is for --self-supervised fits
     ],
 )
 def test_denoise_options_refusals_name_the_option(changes, option):
@@ -88,6 +106,28 @@ def test_denoise_sigma_value():
     assert DenoiseOptions(run="r", sigma="0.05").sigma_value == 0.05
 
 
+def test_denoise_quality_options_accepted():
+    assert DenoiseOptions(run="r").spacing_value is None
+    assert DenoiseOptions(run="r", spacing="auto").spacing_value is None
+    assert DenoiseOptions(run="r", spacing="1.5").spacing_value == 1.5
+    for changes in (
+        {"spacing": "auto"},
+        {"spacing": "2"},
+        {"ensemble": 8, "ensemble_axes": []},
+        {"ensemble": 3, "ensemble_axes": [2, 0]},
+        {"overlap": 0.0},
+        {"overlap": 0.875},
+        {"amp": "bf16"},
+        {"check": "refuse"},
+        {"check": "off", "steps": 3},
+    ):
+        DenoiseOptions(run="r", **changes).validate()
+    DenoiseOptions(self_supervised=True, init="pretrained:t1-denoiser", spacing="auto").validate()
+    defaults = DenoiseOptions(run="r")  # one pass on the scan's grid, as before; the check warns
+    assert (defaults.spacing, defaults.ensemble, defaults.overlap, defaults.amp) == ("native", 1, 0.5, "off")
+    assert defaults.check == "warn" and defaults.ensemble_axes == [0, 1, 2] and defaults.init is None
+
+
 @pytest.mark.parametrize(
     "options, option",
     [
@@ -96,6 +136,8 @@ def test_denoise_sigma_value():
         (DemoOptions(minutes=math.inf), "--minutes"),
         (DemoOptions(noise=0.0), "--noise"),
         (DemoOptions(noise=math.nan), "--noise"),
+        (DemoOptions(noise=math.inf), "--noise"),
+        (DemoOptions(seed=-1), "seed"),
         (BaselineOptions(minutes=math.inf), "--minutes"),
         (BaselineOptions(lr=0.0), "--lr"),
         (BaselineOptions(lr=math.nan), "--lr"),
@@ -139,6 +181,8 @@ def test_sampler_settings_refusals_name_the_option(changes, option):
         (DenoiseOptions, "objective", SELF_SUPERVISED_OBJECTIVES),
         (DenoiseOptions, "stitch", STITCH_MODES),
         (DenoiseOptions, "background", BACKGROUND_RULES),
+        (DenoiseOptions, "amp", DENOISE_AMP),
+        (DenoiseOptions, "check", CHECK_MODES),
     ],
 )
 def test_choice_fields_offer_their_constant(cls, name, allowed):

@@ -41,6 +41,7 @@ PROBE = 0.1  # eps / sigma of the divergence probe: well above float32 rounding,
 PROBE_SEED = 1234
 SMOOTH = 2.0  # voxels: the smoothed output the residual is regressed on
 MIN_GAIN_DB = 0.0  # estimated PSNR gain over the input below this: worse than the input
+GAIN_ROUNDING_DB = 1e-6  # ... by more than this: float64 rounding of the mean leaves a no-op at +-1e-15 dB
 MAX_RESIDUAL_POWER = 1.25  # mean r^2 / sigma^2 (an MMSE denoiser's is 1 - MSE / sigma^2)
 MAX_LAG_COVARIANCE = 0.1  # mean neighbour covariance of r per sigma^2, over the three axes
 MAX_STRUCTURE = 0.05  # power of the smoothed output's part of r per sigma^2
@@ -85,13 +86,14 @@ def residual_statistics(noisy: np.ndarray, denoised: np.ndarray, sigma: float, m
 
 
 def sure(
-    noisy: np.ndarray, denoised: np.ndarray, probed: np.ndarray, probe: np.ndarray, eps: float, sigma: float,
-    mask: np.ndarray | None = None,
+    noisy: np.ndarray, denoised: np.ndarray, probed: np.ndarray, probe: np.ndarray,
+    eps: float | np.ndarray, sigma: float, mask: np.ndarray | None = None,
 ) -> dict:  # fmt: skip
     """SURE over ``mask`` (all voxels if None) from the output ``denoised`` = f(y) and ``probed`` =
-    f(y + eps probe): the estimated MSE and PSNR gain over the input (dB) with their standard errors, the
-    mean divergence, and the SURE-optimal mixing weight a* = sigma^2 (1 - div / N) / mean r^2 (clipped to
-    [0, 1]) of y - a r with the SURE gain at a*."""
+    f(y + eps probe) (``eps``: a number, or per voxel the step the probe actually took): the estimated MSE
+    and PSNR gain over the input (dB) with their standard errors, the mean divergence, and the SURE-optimal
+    mixing weight a* = sigma^2 (1 - div / N) / mean r^2 (clipped to [0, 1]) of y - a r with the SURE gain
+    at a*."""
     y, f = np.asarray(noisy, np.float64), np.asarray(denoised, np.float64)
     m = np.ones(y.shape, bool) if mask is None else np.asarray(mask, dtype=bool)
     s2 = float(sigma) ** 2
@@ -130,17 +132,23 @@ def check_denoiser(
     rng = np.random.default_rng(PROBE_SEED)
     probe = rng.integers(0, 2, size=y.shape).astype(np.float32) * 2 - 1
     eps = PROBE * float(sigma)
-    probed = np.asarray(denoise(y + eps * probe), np.float32)
-    head = sure(y, denoised, probed, probe, eps, sigma, mask)
-    whole = sure(y, denoised, probed, probe, eps, sigma) if gaussian else None
+    moved = (y + eps * probe).astype(np.float32)
+    # The step each voxel actually took, eps up to float32 rounding: dividing by it rather than by eps makes
+    # the divergence exact for pointwise linear maps (the identity: exactly 1, a gain of exactly 0 dB), where
+    # the rounding of y + eps b, biased by y's binade, would otherwise tip a no-op below 0 dB.
+    step = probe.astype(np.float64) * (moved.astype(np.float64) - y.astype(np.float64))
+    step = np.where(step > 0, step, eps)
+    probed = np.asarray(denoise(moved), np.float32)
+    head = sure(y, denoised, probed, probe, step, sigma, mask)
+    whole = sure(y, denoised, probed, probe, step, sigma) if gaussian else None
     residual = residual_statistics(y, denoised, sigma, mask)
     failures = []
-    if head["gain_db"] < MIN_GAIN_DB:
+    if head["gain_db"] < MIN_GAIN_DB - GAIN_ROUNDING_DB:
         failures.append(
             f"worse than the input inside the head: estimated gain {head['gain_db']:.2f} "
             f"+- {head['gain_se_db']:.2f} dB (SURE)"
         )
-    if whole is not None and whole["gain_db"] < MIN_GAIN_DB:
+    if whole is not None and whole["gain_db"] < MIN_GAIN_DB - GAIN_ROUNDING_DB:
         failures.append(
             f"worse than the input over the volume: estimated gain {whole['gain_db']:.2f} "
             f"+- {whole['gain_se_db']:.2f} dB (SURE)"
