@@ -194,3 +194,16 @@ def test_foreground_patch_contains_a_lone_voxel_at_the_border(patch):
     batch = sampler.sample_with_starts(400, _gen(5))
     assert (batch.x.flatten(1) > 0.5).any(1).all()
     assert (batch.starts[:, 1] + patch).max() <= 25
+
+
+def test_one_region_given_as_a_list_of_slices_is_one_region_for_every_volume():
+    import numpy as np
+    import torch
+
+    from volscore.data.patches import PatchSampler
+
+    volumes = [np.ones((12, 12, 12), np.float32), np.ones((12, 12, 12), np.float32)]
+    region = [slice(None), slice(0, 8), slice(None)]
+    sampler = PatchSampler(volumes, 4, coords=False, region=region)
+    starts = sampler.sample_with_starts(64, torch.Generator().manual_seed(0)).starts
+    assert int(starts[:, 1].max()) + 4 <= 8

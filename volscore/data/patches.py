@@ -194,7 +194,8 @@ class PatchSampler:
 
     @staticmethod
     def _per_volume(region: Region | Sequence[Region] | None, n: int) -> list[Region | None]:
-        if isinstance(region, list):
+        # One region is a sequence of slices; per-volume regions are a list of such (or None).
+        if isinstance(region, list) and not all(isinstance(r, slice) for r in region):
             if len(region) != n:
                 raise ValueError(f"{len(region)} regions for {n} volumes")
             return list(region)
