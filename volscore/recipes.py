@@ -108,8 +108,7 @@ def demo(
     """The main job: one brain sampled from the 3D prior (stitched over the whole volume; NIfTI + montage),
     and a noisy copy of the template's hold-out block denoised by the T1 denoiser (before/after PNG, PSNR).
     With ``options.minutes`` the prior is first trained further (fine-tuned) into ``out/prior``."""
-    import numpy as np
-
+    from volscore.corrupt import add_noise, reference_level
     from volscore.data.nifti import load_volume, resolve_paths, save_volume
     from volscore.data.patches import MNI152_HOLDOUT_CROP
     from volscore.denoise.command import before_after_png
@@ -149,17 +148,14 @@ def demo(
 
     template = load_volume(resolve_paths("mni152")[0])
     clean = template.data[MNI152_HOLDOUT_CROP]
-    level = float(np.percentile(clean, 99.5))
-    rng = np.random.default_rng(options.seed)
-    noisy = clean + options.noise * level * rng.standard_normal(clean.shape).astype(np.float32)
+    level = reference_level(template.data)  # as scripts/bench_denoise.py and the denoiser's card
+    noisy = add_noise(clean, options.noise * level, "gaussian", seed=options.seed)
     crop_affine = template.affine.copy()
     crop_affine[:3, 3] += template.affine[:3, :3] @ [s.start for s in MNI152_HOLDOUT_CROP]
     reference = dataclasses.replace(template, data=clean, affine=crop_affine)
     save_volume(files["clean"], clean, reference)
     save_volume(files["noisy"], noisy, reference)
-    den = DenoiseOptions(
-        run=denoiser.name, sigma=str(options.noise * level), background="none", seed=options.seed
-    )
+    den = DenoiseOptions(run=denoiser.name, sigma=str(options.noise * level), seed=options.seed)
     den_record = denoise_file(files["noisy"], files["denoised"], den, run=denoiser, force=True)
     denoised = load_volume(files["denoised"]).data
     before, after = psnr(noisy, clean, level), psnr(denoised, clean, level)
