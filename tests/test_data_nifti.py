@@ -10,6 +10,8 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import struct
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -304,3 +306,126 @@ def test_output_folder_not_writable_is_a_clear_error(tmp_path):
     with pytest.raises(VolumeError, match=r"/proc/out.nii.gz: write failed"):
         save_volume("/proc/out.nii.gz", vol.data, vol)
     assert not Path("/proc/out.nii.gz").exists()
+
+
+# -- intake checks on damaged headers (#16) ------------------------------------------------------------------
+# Byte offsets of NIfTI-1 header fields (little-endian files, as nibabel writes them here).
+DIM, DATATYPE, BITPIX, VOX_OFFSET = 40, 70, 72, 108
+
+
+def _patched(path, *fields):
+    """``path`` with header fields overwritten: each field is (byte offset, struct format, values...)."""
+    block = bytearray(path.read_bytes())
+    for offset, fmt, *values in fields:
+        struct.pack_into("<" + fmt, block, offset, *values)
+    path.write_bytes(bytes(block))
+    return path
+
+
+def _damaged(tmp_path, case: str):
+    """(path, expected message part) for a file whose header promises what volscore must not read."""
+    path = _write(tmp_path / f"{case}.nii", _rng().normal(size=(8, 8, 8)).astype(np.float32))
+    assert path.stat().st_size == 352 + 8**3 * 4
+    if case == "huge-dims":  # 30000^3 float32: 108 TB promised by a 2 kB file
+        return _patched(path, (DIM, "4h", 3, 30000, 30000, 30000)), "the file holds 2,400"
+    if case == "huge-dims-gz":  # the same inside gzip: bounded by deflate's best ratio, never decompressed
+        gz = tmp_path / "huge-dims.nii.gz"
+        gz.write_bytes(gzip.compress(_patched(path, (DIM, "4h", 3, 30000, 30000, 30000)).read_bytes()))
+        path.unlink()
+        return gz, "holds at most"
+    if case == "one-slice-short":  # one slice of voxels more than the file holds
+        return _patched(path, (DIM, "4h", 3, 8, 8, 9)), "8 x 8 x 9 voxels of float32"
+    if case == "complex64":
+        return _patched(path, (DATATYPE, "2h", 32, 64)), "complex64 data"
+    if case == "binary":
+        return _patched(path, (DATATYPE, "2h", 1, 1)), "1-bit (binary) data"
+    if case == "unknown-type":
+        return _patched(path, (DATATYPE, "h", 999)), "datatype code 999"
+    if case == "offset-zero":  # the data would start inside the header
+        return _patched(path, (VOX_OFFSET, "f", 0.0)), "vox_offset 0 points into the header"
+    if case == "offset-in-header":
+        return _patched(path, (VOX_OFFSET, "f", 100.0)), "vox offset 100 too low"
+    if case == "offset-negative":
+        return _patched(path, (VOX_OFFSET, "f", -16.0)), "too low"
+    assert case == "offset-past-end"
+    return _patched(path, (VOX_OFFSET, "f", 4096.0)), "but the file holds 2,400"
+
+
+DAMAGED = (
+    "huge-dims",
+    "huge-dims-gz",
+    "one-slice-short",
+    "complex64",
+    "binary",
+    "unknown-type",
+    "offset-zero",
+    "offset-in-header",
+    "offset-negative",
+    "offset-past-end",
+)
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("case", DAMAGED)
+def test_damaged_headers_are_refused_before_any_data_are_read(tmp_path, monkeypatch, case):
+    path, problem = _damaged(tmp_path, case)
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("data read although the header should have been refused")
+
+    monkeypatch.setattr(nifti, "_read", no_read)
+    start = time.perf_counter()
+    with pytest.raises(VolumeError) as info:
+        load_volume(path)
+    assert time.perf_counter() - start < 0.5  # nothing allocated for the 108 TB, nothing decompressed
+    message = str(info.value)
+    assert str(path) in message and problem in message, message
+    # `volscore info` describes what it can and says why the data are refused, naming the file either way
+    try:
+        text = describe(path)
+    except VolumeError as exc:
+        assert str(path) in str(exc) and problem in str(exc)
+    else:
+        assert str(path) in text and "data:          refused: " in text and problem in text, text
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("kind", ["complex64", "complex128", "rgb24", "rgba32"])
+def test_non_scalar_voxel_types_written_by_nibabel_are_refused_by_name(tmp_path, kind):
+    shape = (4, 4, 4)
+    if kind.startswith("complex"):
+        data = (_rng().normal(size=shape) + 1j).astype(kind)
+        name = kind
+    else:
+        channels = "RGB" if kind == "rgb24" else "RGBA"
+        data = np.zeros(shape, dtype=[(c, "u1") for c in channels])
+        name = channels
+    path = _write(tmp_path / f"{kind}.nii.gz", data)
+    assert nib.load(path).get_data_dtype() == data.dtype  # nibabel stores them as such
+    with pytest.raises(VolumeError, match=rf"{kind}\.nii\.gz: {name} data: volscore reads real scalar"):
+        load_volume(path)
+
+
+@pytest.mark.reliability
+def test_4d_volume_index_counts_from_the_end_and_skips_singleton_dimensions(tmp_path):
+    data = np.stack([np.full((3, 4, 5), 10.0 * t) for t in range(4)], axis=-1)
+    src = _write(tmp_path / "series.nii", data)
+    assert np.all(load_volume(src, volume_index=0).data == 0.0)
+    assert np.all(load_volume(src, volume_index=-1).data == 30.0)  # the last
+    assert np.all(load_volume(src, volume_index=-4).data == 0.0)
+    for index in (4, -5, 100):
+        with pytest.raises(
+            VolumeError, match=rf"series.nii: volume_index {index} out of range for 4 volumes"
+        ):
+            load_volume(src, volume_index=index)
+    # a singleton 4th dimension and the volumes in the 5th: the index picks among the 5th
+    five = _write(tmp_path / "five.nii.gz", data[:, :, :, None, :])
+    assert nib.load(five).shape == (3, 4, 5, 1, 4)
+    assert np.all(load_volume(five, volume_index=-2).data == 20.0)
+    with pytest.raises(VolumeError, match="five.nii.gz: 4D image with 4 volumes"):
+        load_volume(five)
+    # a 3D file ignores the index; describe says which volume its intensities are of
+    assert load_volume(_write(tmp_path / "three.nii", data[..., 0]), volume_index=3).shape == (3, 4, 5)
+    text = describe(src, volume_index=-1)
+    assert "volume:        -1" in text and "min 30, max 30" in text, text
+    assert "volume_index 7 out of range" in describe(src, volume_index=7)
