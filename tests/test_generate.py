@@ -5,6 +5,8 @@ sampling (the sampler is replaced by one that fails if called), records the netw
 
 from __future__ import annotations
 
+import time
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -176,3 +178,125 @@ def test_sample_run_tensor_refuses_a_shape_of_the_wrong_dimension(tiny_run, tiny
         sample_run_tensor(Run.load(tiny_run), FAST, shape=[16, 16], progress=False)
     with pytest.raises(ValueError, match="2 positive sizes"):
         sample_run_tensor(Run.load(tiny_mnist_run), FAST, shape=[28, 28, 28], progress=False)
+
+
+# -- finite in, finite out; memory refused with its estimate (#16) ------------------------------------------
+class NonFinite:
+    """A score model whose output is ``value`` (NaN or Inf) from its ``after``-th call on."""
+
+    def __init__(self, model, value: float, after: int = 0):
+        self.model, self.value, self.after, self.calls = model, value, after, 0
+
+    def __call__(self, *args):
+        out = self.model(*args)
+        self.calls += 1
+        return out if self.calls <= self.after else torch.full_like(out, self.value)
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("value, after", [(float("nan"), 0), (float("inf"), 2)], ids=["nan", "inf-late"])
+@pytest.mark.parametrize("kind", ["mnist", "nifti", "shapes"])
+def test_non_finite_network_output_is_an_error_naming_the_run_and_nothing_is_written(
+    tmp_path, tiny_mnist_run, tiny_run, tiny_shapes_run, kind, value, after
+):
+    spec, out, shape = {
+        "mnist": (tiny_mnist_run, tmp_path / "grid.png", None),
+        "nifti": (tiny_run, tmp_path / "brain.nii.gz", [16, 16, 16]),
+        "shapes": (tiny_shapes_run, tmp_path / "shapes", None),
+    }[kind]
+    run = Run.load(spec)
+    run.model = model = NonFinite(run.model, value, after)
+    with pytest.raises(FloatingPointError) as info:
+        sample_run(run, SampleOptions(out=str(out), n=2, shape=shape), FAST)
+    message = str(info.value)
+    assert str(spec) in message and "non-finite values (nothing written)" in message, message
+    assert "checkpoint" in message and model.calls > after
+    assert list(tmp_path.iterdir()) == []  # no grid, array, volume, montage or shape folder
+
+
+@pytest.mark.reliability
+def test_an_overflowing_checkpoint_is_refused_by_sample_writing_nothing(tmp_path, tiny_mnist_run):
+    import shutil
+
+    from volscore.checkpoint import load_checkpoint, save_checkpoint
+    from volscore.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_mnist_run, run)
+    state = load_checkpoint(run / "checkpoint.pt")
+    name = "module.net.conv_out.weight"  # finite (so the load accepts it), but every output overflows
+    state["ema"][name] = torch.full_like(state["ema"][name], 1e30)
+    save_checkpoint(run / "checkpoint.pt", state)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    out = tmp_path / "grid.png"
+    with pytest.raises(FloatingPointError, match=f"{run}: the sampler produced .* non-finite values"):
+        sample_run(Run.load(run), SampleOptions(out=str(out), n=2), FAST)
+    assert main(["sample", "--run", str(run), "--out", str(out), "--n", "2", "--steps", "3"]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no grid.png, no grid.npy
+
+
+@pytest.fixture
+def fixed_memory(monkeypatch):
+    """The machine reports 8 GiB available, whatever it has; sampling itself fails the test if reached."""
+    from volscore import machine
+
+    monkeypatch.setattr(machine, "available_memory_bytes", lambda: 8 * 2**30)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("sampling started although the request cannot fit")
+
+    for name in ("sample_images", "sample_volume", "run_sigmas"):
+        monkeypatch.setattr(generate, name, fail)
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize(
+    "kind, n, shape",
+    [("nifti", 1, [4000, 4000, 4000]), ("mnist", 10**8, None), ("mnist", 1, [60000, 60000])],
+    ids=["volume-4000^3", "1e8-images", "image-60000^2"],
+)
+def test_a_sample_that_cannot_fit_is_refused_with_the_estimate_before_sampling(
+    tmp_path, tiny_run, tiny_mnist_run, fixed_memory, kind, n, shape
+):
+    run = Run.load(tiny_run if kind == "nifti" else tiny_mnist_run)
+    size = shape or run.sample_shape
+    need = generate.sample_memory_bytes(run, n, size)
+    assert need > 8 * 2**30
+    out = tmp_path / ("brain.nii.gz" if kind == "nifti" else "grid.png")
+    start = time.perf_counter()
+    with pytest.raises(ValueError) as info:
+        sample_run(run, SampleOptions(out=str(out), n=n, shape=shape), FAST)
+    assert time.perf_counter() - start < 0.5
+    message = str(info.value)
+    assert f"--shape {' '.join(map(str, size))}" in message, message
+    assert f"about {need / 2**30:.1f} GiB" in message and "8.0 GiB available" in message, message
+    assert list(tmp_path.iterdir()) == []
+    # what fits is not refused by the estimate (the sampler, replaced here, is reached)
+    with pytest.raises(AssertionError, match="sampling started"):
+        sample_run(run, SampleOptions(out=str(out), n=1), FAST)
+
+
+@pytest.mark.reliability
+def test_the_memory_estimate_grows_with_the_request(tiny_run, tiny_mnist_run):
+    volume, images = Run.load(tiny_run), Run.load(tiny_mnist_run)
+    small, large = (generate.sample_memory_bytes(volume, 1, [s] * 3) for s in (32, 64))
+    assert 4 * 32**3 * generate.SAMPLE_COPIES < small < large  # at least the chain's copies of the sample
+    assert large - small >= 4 * (64**3 - 32**3) * (1 + generate.SAMPLE_COPIES)
+    one, many = (generate.sample_memory_bytes(images, n, [28, 28]) for n in (1, 1000))
+    assert many > 1000 * 4 * 28 * 28 > one  # every sample is kept
+
+
+@pytest.mark.reliability
+def test_cli_sample_of_4000_cubed_is_refused_at_once_with_the_estimate(tmp_path, tiny_run, capsys):
+    from volscore import machine
+    from volscore.cli import main
+
+    if machine.available_memory_bytes() is None:
+        pytest.skip("this platform reports no available memory: the estimate cannot refuse anything")
+    out = tmp_path / "brain.nii.gz"
+    start = time.perf_counter()
+    assert main(["sample", "--run", str(tiny_run), "--out", str(out), "--shape", "4000", "4000", "4000"]) == 2
+    assert time.perf_counter() - start < 5  # loading the run included; no sampling
+    err = capsys.readouterr().err
+    assert "--shape 4000 4000 4000: sampling needs about" in err and "GiB available" in err, err
+    assert list(tmp_path.iterdir()) == []
