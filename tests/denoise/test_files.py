@@ -15,6 +15,7 @@ import os
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from phantoms import AFFINE, head_phantom, noisy_head, write_nifti
 
 from volscore.data.nifti import IntensityScaler, VolumeError
@@ -179,3 +180,105 @@ def test_choose_scaler_keeps_the_run_scaling_for_a_scan_in_its_range():
     assert source == "scan" and scaler.lo > 0 and 500 < scaler.hi < 1000
     scaler, source = choose_scaler(scan, None)  # no run (self-supervised): the scan's own
     assert source == "scan" and scaler.to_dict() != trained
+
+
+# -- finite out; folder mode goes on past any failure (#16) -------------------------------------------------
+@pytest.mark.reliability
+@pytest.mark.parametrize("noise", ["gaussian", "rician"])
+def test_an_absurd_sigma_is_an_error_naming_it_and_nothing_is_written(tmp_path, tiny_run, noise):
+    src = noisy_head(tmp_path / "scan.nii.gz", seed=6)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    options = DenoiseOptions(run=str(tiny_run), sigma="1e30", noise=noise, check="off")
+    with pytest.raises(FloatingPointError) as info:
+        denoise_file(src, out_dir / "den.nii.gz", options)
+    message = str(info.value)
+    assert str(src) in message and "non-finite voxels (nothing written)" in message, message
+    assert "sigma 1e+30" in message and str(tiny_run) in message, message
+    assert list(out_dir.iterdir()) == []
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("steps", [0, 2], ids=["tweedie", "annealed"])
+def test_a_non_finite_network_output_is_an_error_naming_the_run_and_nothing_is_written(
+    tmp_path, tiny_run, steps
+):
+    from volscore.run import Run
+
+    run = Run.load(tiny_run)
+    real = run.model
+    run.model = lambda x, *args, **kwargs: torch.full_like(real(x, *args, **kwargs), float("nan"))
+    src = noisy_head(tmp_path / "scan.nii.gz", seed=7)
+    out = tmp_path / "den.nii.gz"
+    with pytest.raises(FloatingPointError, match=f"{src}: the denoiser produced .*check the run {tiny_run}"):
+        denoise_file(src, out, DenoiseOptions(run=str(tiny_run), steps=steps, sigma="0.05"), run=run)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scan.nii.gz"]
+
+
+def _mixed_folder(tmp_path):
+    """in/: two good scans (24^3), a truncated file, and a 20^3 scan on which the denoiser crashes."""
+    src_dir = tmp_path / "in"
+    src_dir.mkdir()
+    noisy_head(src_dir / "a_good.nii.gz", seed=1)
+    whole = noisy_head(tmp_path / "whole.nii.gz", seed=2).read_bytes()
+    (src_dir / "b_corrupt.nii.gz").write_bytes(whole[: len(whole) // 2])
+    noisy_head(src_dir / "c_crash.nii.gz", n=20, seed=3)
+    noisy_head(src_dir / "d_good.nii", seed=4)
+    return src_dir
+
+
+@pytest.fixture
+def crash_on_20(monkeypatch):
+    """The denoiser raises an exception no caller expects (not a ValueError or OSError) on a 20^3 scan."""
+    from volscore.denoise import files
+
+    real = files.tweedie_denoise
+
+    def tweedie(model, x, *args, **kwargs):
+        if x.shape[-1] == 20:
+            raise ZeroDivisionError("simulated crash inside the denoiser")
+        return real(model, x, *args, **kwargs)
+
+    monkeypatch.setattr(files, "tweedie_denoise", tweedie)
+
+
+@pytest.mark.reliability
+def test_folder_mode_records_each_failure_and_denoises_the_rest(tmp_path, tiny_run, crash_on_20):
+    src_dir, dst_dir = _mixed_folder(tmp_path), tmp_path / "out"
+    rec = denoise_folder(src_dir, dst_dir, DenoiseOptions(run=str(tiny_run), check="off"))
+    status = {os.path.basename(f["input"]): f["status"] for f in rec["files"]}
+    assert status == {"a_good.nii.gz": "done", "b_corrupt.nii.gz": "failed", "c_crash.nii.gz": "failed",
+                      "d_good.nii": "done"}  # fmt: skip
+    assert (rec["n_done"], rec["n_skipped"], rec["n_failed"]) == (2, 0, 2)
+    errors = {os.path.basename(f["input"]): f["error"] for f in rec["files"] if f["status"] == "failed"}
+    assert (
+        errors["b_corrupt.nii.gz"].startswith("VolumeError: ")
+        and "b_corrupt.nii.gz" in errors["b_corrupt.nii.gz"]
+    )
+    assert errors["c_crash.nii.gz"] == "ZeroDivisionError: simulated crash inside the denoiser"
+    # the good scans are written, the failed ones are not, and the record on disk says all of it
+    assert sorted(p.name for p in dst_dir.iterdir()) == ["a_good.nii.gz", "d_good.nii", RECORD_NAME]
+    assert json.loads((dst_dir / RECORD_NAME).read_text()) == json.loads(json.dumps(rec))
+    assert nib.load(dst_dir / "d_good.nii").shape == (24, 24, 24)
+
+
+@pytest.mark.reliability
+def test_folder_mode_record_is_written_after_every_file(tmp_path, tiny_run, monkeypatch):
+    """Even a failure that ends the whole call (Ctrl-C) leaves a record of the files finished before it."""
+    from volscore.denoise import files
+
+    src_dir, dst_dir = _mixed_folder(tmp_path), tmp_path / "out"
+    real = files.denoise_file
+
+    def stop_at_the_fourth(path, *args, **kwargs):
+        if path.name == "d_good.nii":
+            raise KeyboardInterrupt
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(files, "denoise_file", stop_at_the_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        denoise_folder(src_dir, dst_dir, DenoiseOptions(run=str(tiny_run), check="off"))
+    on_disk = json.loads((dst_dir / RECORD_NAME).read_text())
+    assert [f["status"] for f in on_disk["files"]] == ["done", "failed", "done"]  # 20^3 denoises here
+    assert (on_disk["n_done"], on_disk["n_failed"]) == (2, 1)
+    assert not (dst_dir / "d_good.nii").exists()
