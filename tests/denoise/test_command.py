@@ -126,3 +126,107 @@ def test_cli_noisy_then_denoise_self_supervised(tmp_path, capsys):
     assert main(argv) == 0
     record = json.loads((tmp_path / "den.denoise.json").read_text())
     assert record["self_supervised"] and record["objective"] == "dsm"
+
+
+# -- failures through the command line (#16) -----------------------------------------------------------------
+def _series(path, volumes):
+    """A 4D NIfTI of the given 3D volumes."""
+    return write_nifti(path, np.stack(volumes, axis=-1).astype(np.float32))
+
+
+@pytest.mark.reliability
+def test_cli_denoise_folder_exit_status_and_summary_count_the_failures(
+    tmp_path, tiny_run, capsys, monkeypatch
+):
+    from volscore.denoise import files
+
+    src_dir, dst_dir = tmp_path / "in", tmp_path / "out"
+    src_dir.mkdir()
+    noisy_head(src_dir / "a_good.nii.gz", seed=1)
+    whole = noisy_head(tmp_path / "whole.nii.gz", seed=2).read_bytes()
+    (src_dir / "b_corrupt.nii.gz").write_bytes(whole[: len(whole) // 2])
+    noisy_head(src_dir / "c_crash.nii.gz", n=20, seed=3)
+    noisy_head(src_dir / "d_good.nii", seed=4)
+    real = files.tweedie_denoise
+
+    def tweedie(model, x, *args, **kwargs):  # an exception type no caller expects, on the 20^3 scan
+        if x.shape[-1] == 20:
+            raise ZeroDivisionError("simulated crash inside the denoiser")
+        return real(model, x, *args, **kwargs)
+
+    monkeypatch.setattr(files, "tweedie_denoise", tweedie)
+    argv = ["denoise", "-i", str(src_dir), "-o", str(dst_dir), "--run", str(tiny_run)]
+    argv += ["--check", "off", "--threads", "1"]
+    assert main(argv) == 1  # not 0: some files failed; not 2: the command itself did its work
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == f"record: {dst_dir / RECORD_NAME}  (2 done, 0 skipped, 2 failed)"
+    status = {line.split()[1].rsplit("/", 1)[-1]: line.split()[0] for line in lines[:-1]}
+    expected = {"a_good.nii.gz": "done", "b_corrupt.nii.gz": "failed", "c_crash.nii.gz": "failed"}
+    assert status == expected | {"d_good.nii": "done"}
+    failed = [line for line in lines if line.lstrip().startswith("failed")]
+    assert "VolumeError: " in failed[0] and "b_corrupt.nii.gz: truncated or corrupt" in failed[0]
+    assert "ZeroDivisionError: simulated crash inside the denoiser" in failed[1]
+    assert sorted(p.name for p in dst_dir.iterdir()) == ["a_good.nii.gz", "d_good.nii", RECORD_NAME]
+    # again: the done ones are skipped, the failed ones fail again, and the status still says so
+    assert main(argv) == 1
+    assert capsys.readouterr().out.splitlines()[-1].endswith("(0 done, 2 skipped, 2 failed)")
+
+
+@pytest.mark.reliability
+def test_cli_denoise_with_an_absurd_sigma_writes_nothing(tmp_path, tiny_run, capsys):
+    src = noisy_head(tmp_path / "noisy.nii.gz", seed=6)
+    dst, png = tmp_path / "clean.nii.gz", tmp_path / "ba.png"
+    argv = ["denoise", str(src), str(dst), "--run", str(tiny_run), "--check", "off", "--png", str(png)]
+    assert main([*argv, "--sigma", "1e30"]) == 2
+    err = capsys.readouterr().err
+    assert f"volscore denoise: error: {src}: the denoiser produced" in err and "sigma 1e+30" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["noisy.nii.gz"]  # no output, record or picture
+    for bad in ("0", "-1", "nan", "inf"):  # refused by name before the scan is read
+        assert main([*argv, "--sigma", bad]) == 2
+        assert "--sigma must be a finite number > 0" in capsys.readouterr().err
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize(
+    "case, problem",
+    [("huge-dims", "but the file holds"), ("complex64", "complex64 data"), ("offset-zero", "vox_offset 0")],
+)
+def test_cli_denoise_refuses_a_damaged_header_naming_the_file(tmp_path, tiny_run, capsys, case, problem):
+    import struct
+
+    src = write_nifti(tmp_path / f"{case}.nii", head_phantom(24).astype(np.float32))
+    block = bytearray(src.read_bytes())
+    offset, fmt, values = {
+        "huge-dims": (40, "4h", (3, 30000, 30000, 30000)),
+        "complex64": (70, "2h", (32, 64)),
+        "offset-zero": (108, "f", (0.0,)),
+    }[case]
+    struct.pack_into("<" + fmt, block, offset, *values)
+    src.write_bytes(bytes(block))
+    assert main(["denoise", str(src), str(tmp_path / "out.nii.gz"), "--run", str(tiny_run)]) == 2
+    err = capsys.readouterr().err
+    assert f"volscore denoise: error: {src}: " in err and problem in err and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [src.name]
+
+
+@pytest.mark.reliability
+def test_cli_denoise_picks_a_volume_of_a_4d_file(tmp_path, tiny_run, capsys):
+    rng = np.random.default_rng(9)
+    first, last = (head_phantom(24) + 0.05 * rng.standard_normal((24,) * 3) for _ in range(2))
+    src = _series(tmp_path / "series.nii.gz", [first, 0 * first, last])
+    dst, png = tmp_path / "den.nii.gz", tmp_path / "ba.png"
+    base = ["denoise", str(src), str(dst), "--run", str(tiny_run), "--check", "off", "--threads", "1"]
+    assert main(base) == 2
+    assert (
+        f"{src}: 4D image with 3 volumes; choose one with volume_index (--volume-index)"
+        in capsys.readouterr().err
+    )
+    assert main([*base, "--volume-index", "3"]) == 2
+    assert "volume_index 3 out of range for 3 volumes" in capsys.readouterr().err
+    assert not dst.exists()
+    assert main([*base, "--volume-index", "-1", "--png", str(png)]) == 0
+    out = np.asarray(nib.load(dst).dataobj)
+    assert out.shape == (24, 24, 24) and png.exists()
+    assert np.abs(out - last).mean() < np.abs(out - first).mean()  # the last volume was denoised
+    record = json.loads((tmp_path / "den.denoise.json").read_text())
+    assert record["shape"] == [24, 24, 24]
