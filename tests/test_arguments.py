@@ -146,16 +146,15 @@ def test_commands_flags_are_their_records_fields_with_their_defaults(command, ar
         "DemoOptions": options.DemoOptions,
         "BaselineOptions": options.BaselineOptions,
     }
-    recipe_defaults = {"demo": options.DEMO_SAMPLER, "baseline": options.BASELINE_SAMPLER}
     given = {a.lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
     parsed = vars(_subparser(command).parse_args(argv))
     for name in records.split():
         cls = classes[name]
         built = from_namespace(cls, argparse.Namespace(**parsed))
-        defaults = recipe_defaults.get(command, {}) if name == "SamplerSettings" else {}
         for f in dataclasses.fields(cls):
             if "help" not in f.metadata:
                 assert f.name not in parsed, f"{command}: internal field {name}.{f.name} became a flag"
             elif f.name not in given:
                 assert f.name in parsed, f"{command}: no flag for {name}.{f.name}"
-                assert getattr(built, f.name) == defaults.get(f.name, f.default), f"{name}.{f.name}"
+                default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+                assert getattr(built, f.name) == default, f"{name}.{f.name}"

@@ -18,7 +18,7 @@ from volscore.generate import describe_record, run_sigmas, sample_images, sample
 from volscore.options import SampleOptions
 from volscore.outputs import OutputError
 from volscore.run import Run
-from volscore.sampling.settings import SamplerSettings
+from volscore.sampling.settings import DEFAULT_SAMPLERS, SamplerSettings
 from volscore.sampling.table import DEFAULT_KARRAS_STEPS
 
 FAST = SamplerSettings(sampler="heun", steps=3)  # 5 network evaluations per sample
@@ -147,9 +147,11 @@ def test_record_counts_the_network_evaluations_made(tmp_path, tiny_mnist_run, se
 
 def test_run_sigmas_honours_the_settings(tiny_mnist_run):
     run = Run.load(tiny_mnist_run)  # trained on sigma 0.01 .. 1.0, 10 levels
-    default = run_sigmas(run, SamplerSettings())  # heun: EDM's 18 levels over the run's range
-    assert len(default) == DEFAULT_KARRAS_STEPS
-    assert float(default[0]) == pytest.approx(1.0) and float(default[-1]) == pytest.approx(0.01)
+    heun = run_sigmas(run, SamplerSettings(sampler="heun"))  # EDM's 18 levels over the run's range
+    assert len(heun) == DEFAULT_KARRAS_STEPS
+    assert float(heun[0]) == pytest.approx(1.0) and float(heun[-1]) == pytest.approx(0.01)
+    default = run_sigmas(run, SamplerSettings())  # auto: MNIST's measured best, EDM's sampler at 40 levels
+    assert len(default) == DEFAULT_SAMPLERS["mnist"]["steps"] == 40
     langevin = run_sigmas(run, SamplerSettings(sampler="annealed"))  # the run's 10 geometric levels
     assert len(langevin) == 10 and torch.allclose(langevin[1:] / langevin[:-1], langevin[1] / langevin[0])
     own = run_sigmas(run, SamplerSettings(sampler="pc", steps=4, sigma_max=0.5, sigma_min=0.05))

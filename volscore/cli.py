@@ -11,8 +11,6 @@ import sys
 from volscore.arguments import add_arguments, finite, from_namespace
 from volscore.config import TrainConfig
 from volscore.options import (
-    BASELINE_SAMPLER,
-    DEMO_SAMPLER,
     VOLUME_INDEX_HELP,
     BaselineOptions,
     DemoOptions,
@@ -208,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("baseline", help="2D MNIST baseline: train, sample, evaluate", formatter_class=fmt)
     add_arguments(p, BaselineOptions)
-    add_arguments(p, SamplerSettings, defaults=BASELINE_SAMPLER)
+    add_arguments(p, SamplerSettings)
     _add_threads(p)
     p.set_defaults(func=cmd_baseline)
 
@@ -218,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
     add_arguments(p, DemoOptions)
-    add_arguments(p, SamplerSettings, defaults=DEMO_SAMPLER)
+    add_arguments(p, SamplerSettings)
     _add_threads(p)
     p.set_defaults(func=cmd_demo)
 

@@ -59,6 +59,7 @@ def check_sample_memory(run: Run, n: int, size: Sequence[int], tile_batch: int =
 
 def run_sigmas(run: Run, settings: SamplerSettings) -> Tensor:
     """The sampling levels for ``run``: ``settings``' own range and steps where given, else the run's."""
+    settings = settings.for_kind(run.kind)
     sigma_min, sigma_max = run.sigma_range
     return sampling_sigmas(settings, sigma_min, sigma_max, run.num_sigmas)
 
@@ -140,6 +141,7 @@ def sample_run_tensor(
     from tqdm.auto import tqdm
 
     settings.validate()
+    settings = settings.for_kind(run.kind)  # "auto": the measured best sampler for this kind of run
     size = list(shape) if shape else run.sample_shape
     if len(size) != run.spatial_dims or any(s < 1 for s in size):
         raise ValueError(f"shape must be {run.spatial_dims} positive sizes, got {size}")
@@ -179,6 +181,7 @@ def sample_run(run: Run, options: SampleOptions, settings: SamplerSettings) -> d
     """Sample ``run`` to files as ``options`` says; return a record (files, seconds, NFE per sample)."""
     options.validate()
     settings.validate()
+    settings = settings.for_kind(run.kind)
     out = Path(options.out).expanduser()
     files = _outputs(run, out, options)
     check_outputs(files.values(), inputs=run_files(run.name), force=options.force)  # before any work

@@ -227,12 +227,6 @@ class NoisyOptions:
         check_seed(self.seed)
 
 
-# The samplers the recipes use unless told otherwise (their flags' defaults).
-DEMO_SAMPLER: dict[str, Any] = {}  # the sampler table's defaults
-# MNIST: EDM's stochastic sampler, 40 levels = 79 network evaluations (README, "Samplers": at 6,000 steps it
-# gave a lower Frechet distance than Heun and DPM-Solver at equal evaluations, and the annealed Langevin of
-# the lecture spent 283).
-BASELINE_SAMPLER: dict[str, Any] = {"sampler": "edm", "steps": 40}
 # The 2D baseline's training recipes: what differs from TrainConfig's defaults.
 BASELINE_RECIPES: dict[str, dict[str, Any]] = {
     "edm": {"sigma_dist": "lognormal", "weighting": "edm", "lr": 1e-3},

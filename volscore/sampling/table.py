@@ -15,7 +15,7 @@ from volscore.noise import geometric_sigmas, karras_sigmas, ncsnv2_step_lr
 from volscore.sampling.dpm_solver import dpm_solver_2m
 from volscore.sampling.edm import edm_sampler, heun_sampler
 from volscore.sampling.langevin import Callback, Generators, annealed_langevin, predictor_corrector
-from volscore.sampling.settings import KARRAS_SAMPLERS, SAMPLERS, SamplerSettings
+from volscore.sampling.settings import KARRAS_SAMPLERS, SAMPLERS, SamplerSettings, require_resolved
 
 DEFAULT_KARRAS_STEPS = 18  # EDM: 18 levels = 35 Heun evaluations
 
@@ -23,6 +23,7 @@ DEFAULT_KARRAS_STEPS = 18  # EDM: 18 levels = 35 Heun evaluations
 def sampling_sigmas(settings: SamplerSettings, sigma_min: float, sigma_max: float, num_sigmas: int) -> Tensor:
     """The descending levels for ``settings``: its own sigma range and steps where given, else the run's
     (``sigma_min``, ``sigma_max``; ``num_sigmas`` geometric levels for the Langevin samplers)."""
+    require_resolved(settings)
     lo = settings.sigma_min if settings.sigma_min is not None else sigma_min
     hi = settings.sigma_max if settings.sigma_max is not None else sigma_max
     if settings.sampler in KARRAS_SAMPLERS:
@@ -47,6 +48,7 @@ def run_sampler(
     callback: Callback | None = None,
 ) -> Tensor:
     """Run the sampler named by ``settings`` from x (already at ``sigmas[0]``) down to the clean sample."""
+    require_resolved(settings)
     s = settings
     if s.sampler == "heun":
         return heun_sampler(score_fn, x, sigmas, generator=generator, callback=callback)
