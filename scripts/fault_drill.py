@@ -13,6 +13,14 @@ with the same weights as a run that was never interrupted.
 3. The final checkpoint's model, EMA, optimizer state and step must equal the reference's bit for bit.
 Also counted: temporary files a kill during a save leaves next to the checkpoint (``.checkpoint.*.tmp.pt``);
 a resumed run deletes them (``remove_stale_temporaries``), so after the last resume there should be none.
+
+``--signal TERM`` (or ``INT``) drills the polite stop instead: checkpoints are written only when a signal
+comes (``ckpt_every`` beyond the run), the child is sent SIGTERM (SIGINT) at a random moment, and each time
+it must finish its step, save, and report the shell's status for that signal (143, 130:
+``TrainingInterrupted``);
+the checkpoint must hold more steps than the one before. A signal that lands before the training loop has
+installed its handler (during start-up) kills the child with nothing to lose; such starts are counted apart.
+
 Exit code 0 when every check passes.
 """
 
@@ -31,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/: the harnes
 import harness  # noqa: E402
 
 
-def _config(out: Path, steps: int):
+def _config(out: Path, steps: int, ckpt_every: int = 1):
     from volscore.config import TrainConfig
 
     return TrainConfig(
@@ -40,7 +48,7 @@ def _config(out: Path, steps: int):
         preset="tiny",
         objective="dsm",
         steps=steps,
-        ckpt_every=1,
+        ckpt_every=ckpt_every,
         batch_size=16,
         amp="bf16",
         seed=3,
@@ -51,6 +59,57 @@ def _config(out: Path, steps: int):
 def _start(out: Path, steps: int) -> harness.Child:
     """Train (or resume) the drill's run in a child process, one thread, output discarded."""
     return harness.start_child(harness.train_config, _config(out, steps), threads=1, log=os.devnull)
+
+
+def _train_reporting_interrupts(cfg: Any) -> dict[str, Any]:
+    """Train or resume ``cfg``; a stop signal's ``TrainingInterrupted`` is reported, not raised."""
+    from volscore.recipes import train_or_resume
+    from volscore.train import TrainingInterrupted
+
+    try:
+        train_or_resume(cfg, say=lambda _: None)
+    except TrainingInterrupted as e:
+        return {"status": int(getattr(e, "exit_status", 0))}
+    return {"status": 0}
+
+
+def _signal_drill(args: argparse.Namespace, drill: Path, problems: list[str]) -> int:
+    """Send SIGTERM/SIGINT ``args.kills`` times; check each stop saved its progress; return the count."""
+    import signal
+
+    from volscore.checkpoint import CHECKPOINT_NAME, load_checkpoint
+
+    sig = getattr(signal, f"SIG{args.signal}")
+    rng = random.Random(args.seed)
+    ckpt, before, sent, early = drill / CHECKPOINT_NAME, 0, 0, 0
+    while sent < args.kills:
+        child = harness.start_child(
+            _train_reporting_interrupts, _config(drill, args.steps, ckpt_every=10**9), threads=1,
+            log=os.devnull,
+        )  # fmt: skip
+        time.sleep(rng.uniform(4.0, 8.0))
+        if not child.process.is_alive():
+            child.result()
+            break
+        os.kill(child.process.pid, sig)
+        sent += 1
+        try:
+            status = child.result()["status"]
+        except harness.ChildError:
+            early += 1
+            print(f"signal {sent}: arrived during start-up (no handler yet): nothing to save")
+            continue
+        if status != 128 + sig:
+            problems.append(f"signal {sent}: status {status}, expected {128 + sig}")
+        step = load_checkpoint(ckpt)["step"] if ckpt.exists() else 0
+        if step <= before:
+            problems.append(
+                f"signal {sent}: checkpoint at step {step}, no progress saved since step {before}"
+            )
+        print(f"signal {sent}: status {status}, checkpoint loads, step {step}")
+        before = step
+    print(f"{sent} SIG{args.signal} sent, {early} during start-up")
+    return sent
 
 
 def _tensors_equal(a: Any, b: Any, where: str, problems: list[str]) -> None:
@@ -78,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kills", type=int, default=8)
     p.add_argument("--out", default="runs/fault_drill")
     p.add_argument("--seed", type=int, default=0, help="seeds the kill times")
+    p.add_argument("--signal", choices=("KILL", "TERM", "INT"), default="KILL", help="how to stop the child")
     args = p.parse_args(argv)
 
     from volscore.checkpoint import CHECKPOINT_NAME, load_checkpoint
@@ -94,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = drill / CHECKPOINT_NAME
     problems: list[str] = []
     kills = 0
-    while kills < args.kills:
+    if args.signal != "KILL":
+        kills = _signal_drill(args, drill, problems)
+    while args.signal == "KILL" and kills < args.kills:
         child = _start(drill, args.steps)
         before = load_checkpoint(ckpt)["step"] if ckpt.exists() else 0
         while not ckpt.exists() or load_checkpoint(ckpt)["step"] <= before:  # progress since the last start
