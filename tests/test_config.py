@@ -149,3 +149,35 @@ def test_dict_round_trip_ignores_unknown_keys():
     cfg = _cfg(preset="tiny", sigma_max=2.5, data=["a.nii.gz", "b.nii.gz"], init="runs/x")
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
     assert TrainConfig.from_dict({**cfg.to_dict(), "removed_option": 1}) == cfg  # an older run's extra key
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize(
+    "changes, option",
+    [
+        ({"seed": -1}, "--seed"),
+        ({"seed": 2**63}, "--seed"),
+        ({"steps": -1}, "--steps"),
+        ({"batch_size": -4}, "--batch-size"),
+        ({"minutes": -1.0}, "--minutes"),
+        ({"minutes": -math.inf}, "--minutes"),
+        ({"sigma_min": math.nan}, "--sigma-min"),
+        ({"sigma_min": math.inf}, "--sigma-min"),
+        ({"sigma_max": math.nan}, "--sigma-max"),
+        ({"lr": math.inf}, "--lr"),
+        ({"num_sigmas": 0}, "--num-sigmas"),
+        ({"coord_frequencies": -1}, "--coord-frequencies"),
+        ({"coord_frequencies": 13}, "--coord-frequencies"),
+        ({"spacing": -1.0}, "--spacing"),
+    ],
+)
+def test_out_of_range_numbers_are_refused_naming_the_option(changes, option):
+    with pytest.raises(ValueError) as info:
+        _cfg(**changes).validate()
+    assert option in str(info.value), str(info.value)
+
+
+@pytest.mark.reliability
+def test_the_seed_range_is_inclusive():
+    _cfg(seed=0).validate()
+    _cfg(seed=2**63 - 1).validate()
