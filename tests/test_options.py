@@ -18,6 +18,7 @@ from volscore.options import (
     BaselineOptions,
     DemoOptions,
     DenoiseOptions,
+    NoisyOptions,
     SampleOptions,
 )
 from volscore.sampling.settings import STITCH_MODES, SamplerSettings
@@ -188,3 +189,46 @@ def test_sampler_settings_refusals_name_the_option(changes, option):
 def test_choice_fields_offer_their_constant(cls, name, allowed):
     field = {f.name: f for f in dataclasses.fields(cls)}[name]
     assert tuple(field.metadata["choices"]) == allowed and field.default in allowed
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize(
+    "options, option",
+    [
+        (SampleOptions(out="g.png", seed=-1), "--seed"),
+        (SampleOptions(out="g.png", seed=2**63), "--seed"),
+        (SampleOptions(out="g.png", n=-5), "--n"),
+        (SampleOptions(out="g.png", tile_batch=-1), "--tile-batch"),
+        (SampleOptions(out="g.png", shape=[-16, 16, 16]), "--shape"),
+        (DenoiseOptions(run="r", seed=-1), "--seed"),
+        (DenoiseOptions(run="r", minutes=math.nan), "--minutes"),
+        (DenoiseOptions(run="r", minutes=-1.0), "--minutes"),
+        (DenoiseOptions(run="r", sigma="0"), "--sigma"),
+        (DenoiseOptions(run="r", sigma="-inf"), "--sigma"),
+        (DenoiseOptions(run="r", chains=-1, steps=2), "--chains"),
+        (NoisyOptions(fraction=0.0), "--fraction"),
+        (NoisyOptions(fraction=-0.05), "--fraction"),
+        (NoisyOptions(fraction=math.nan), "--fraction"),
+        (NoisyOptions(fraction=math.inf), "--fraction"),
+        (NoisyOptions(seed=-1), "--seed"),
+        (NoisyOptions(noise="poisson"), "noise"),
+        (BaselineOptions(seed=-1), "--seed"),
+        (BaselineOptions(minutes=0.0), "--minutes"),
+        (BaselineOptions(minutes=math.nan), "--minutes"),
+        (DemoOptions(seed=2**63), "--seed"),
+        (SamplerSettings(steps=0), "--steps"),
+        (SamplerSettings(steps=-3), "--steps"),
+        (SamplerSettings(sigma_min=-0.01), "--sigma-min"),
+        (SamplerSettings(sigma_min=math.nan), "--sigma-min"),
+        (SamplerSettings(sigma_max=math.inf), "--sigma-max"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else type(v).__name__,
+)
+def test_out_of_range_numbers_are_refused_naming_the_option(options, option):
+    _refused(options, option)
+
+
+@pytest.mark.reliability
+def test_noisy_defaults_and_limits_are_valid():
+    NoisyOptions().validate()
+    NoisyOptions(fraction=1e-6, seed=2**63 - 1, noise="rician").validate()
