@@ -248,3 +248,173 @@ def test_sample_refuses_an_existing_output_without_force(tmp_path, tiny_mnist_ru
     assert main([*argv, "--n", "2", "--force"]) == 0
     assert np.load(tmp_path / "grid.npy").shape == (2, 1, 28, 28)
     assert "2 sample(s) (28, 28)" in capsys.readouterr().out
+
+
+# -- every number checked with the option's name; damaged files; interrupts (#16) -------------------------
+def _status(argv) -> int:
+    """The exit status of ``volscore argv``: main's return value, or argparse's exit."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return int(e.code)
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--steps", "0"], "--steps must be >= 1"),
+        (["train", "--steps", "-2"], "--steps must be >= 1"),
+        (["train", "--steps", "5", "--batch-size", "0"], "--batch-size must be >= 1"),
+        (["train", "--minutes", "nan"], "argument --minutes: must be a finite number, got nan"),
+        (["train", "--minutes", "inf"], "argument --minutes: must be a finite number, got inf"),
+        (["train", "--minutes", "-1"], "--minutes must be a finite number > 0"),
+        (["train", "--steps", "5", "--sigma-min", "0"], "--sigma-min must be a finite number > 0"),
+        (["train", "--steps", "5", "--seed", "-1"], "--seed must be an integer in [0, 2^63 - 1]"),
+        (["sample", "--steps", "0"], "--steps must be >= 2"),
+        (["sample", "--seed", "-1"], "--seed must be an integer"),
+        (["sample", "--n", "0"], "--n and --tile-batch must be >= 1"),
+        (["sample", "--sigma-min", "nan"], "argument --sigma-min: must be a finite number"),
+        (["noisy", "--fraction", "0"], "--fraction must be a finite number > 0"),
+        (["noisy", "--fraction", "-0.1"], "--fraction must be a finite number > 0"),
+        (["noisy", "--fraction", "nan"], "argument --fraction: must be a finite number"),
+        (["noisy", "--seed", "-1"], "--seed must be an integer"),
+        (["denoise", "--minutes", "inf", "--self-supervised"], "argument --minutes: must be a finite"),
+        (["denoise", "--minutes", "0", "--self-supervised"], "--minutes must be a finite number > 0"),
+        (["denoise", "--seed", "-1", "--self-supervised"], "--seed must be an integer"),
+        (["denoise", "--sigma", "0", "--self-supervised"], "--sigma must be a finite number > 0"),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else None,
+)
+def test_cli_numbers_out_of_range_are_refused_naming_the_option(tmp_path, capsys, args, message):
+    scan = tmp_path / "scan.nii.gz"  # never read: the numbers are checked first
+    command, rest = args[0], args[1:]
+    where = {
+        "train": ["--data", "mnist", "--out", str(tmp_path / "run")],
+        "sample": ["--run", str(tmp_path / "run"), "--out", str(tmp_path / "g.png")],
+        "noisy": [str(scan), str(tmp_path / "noisy.nii.gz")],
+        "denoise": [str(scan), str(tmp_path / "den.nii.gz")],
+    }[command]
+    assert _status([command, *where, *rest]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+    assert list(tmp_path.iterdir()) == []  # no run folder, sample, noisy copy or denoised scan
+
+
+def _damaged(tmp_path, name, offset, fmt, *values):
+    import struct
+
+    import nibabel as nib
+
+    path = tmp_path / name
+    data = np.random.default_rng(0).random((8, 8, 8)).astype(np.float32)
+    nib.Nifti1Image(data, np.eye(4)).to_filename(path)
+    block = bytearray(path.read_bytes())
+    struct.pack_into("<" + fmt, block, offset, *values)
+    path.write_bytes(bytes(block))
+    return path
+
+
+@pytest.mark.reliability
+def test_cli_info_and_noisy_name_a_damaged_file(tmp_path, capsys):
+    huge = _damaged(tmp_path, "huge.nii", 40, "4h", 3, 30000, 30000, 30000)
+    binary = _damaged(tmp_path, "binary.nii", 70, "2h", 1, 1)
+    # info describes the header and says why the data are refused; a header it cannot open is an error
+    assert main(["info", str(huge)]) == 0
+    out = capsys.readouterr().out
+    assert f"file:          {huge}" in out and "30000 x 30000 x 30000" in out, out
+    assert "data:          refused: the header promises" in out and "truncated, or a damaged header" in out
+    assert main(["info", str(binary)]) == 2
+    assert f"volscore info: error: {binary}: 1-bit (binary) data" in capsys.readouterr().err
+    for src in (huge, binary):
+        assert main(["noisy", str(src), str(tmp_path / "noisy.nii.gz")]) == 2
+        err = capsys.readouterr().err
+        assert f"volscore noisy: error: {src}: " in err and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["binary.nii", "huge.nii"]
+
+
+@pytest.mark.reliability
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+def test_cli_noisy_refuses_noise_beyond_float32_and_writes_nothing(tmp_path, capsys):
+    import nibabel as nib
+
+    src = tmp_path / "clean.nii.gz"
+    clean = np.random.default_rng(2).random((8, 8, 8)).astype(np.float32) * 1000
+    nib.Nifti1Image(clean, np.eye(4)).to_filename(src)
+    assert main(["noisy", str(src), str(tmp_path / "noisy.nii.gz"), "--fraction", "1e36"]) == 2
+    err = capsys.readouterr().err
+    assert f"{src}: --fraction 1e+36 gives sigma" in err and "(nothing written)" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clean.nii.gz"]
+
+
+@pytest.mark.reliability
+def test_cli_info_and_noisy_take_a_volume_of_a_4d_file(tmp_path, capsys):
+    import nibabel as nib
+
+    series = np.stack([np.full((6, 7, 8), 10.0 * (t + 1)) for t in range(3)], axis=-1).astype(np.float32)
+    src = tmp_path / "series.nii.gz"
+    nib.Nifti1Image(series, np.eye(4)).to_filename(src)
+    assert main(["info", str(src), "--volume-index", "-1"]) == 0
+    out = capsys.readouterr().out
+    assert "6 x 7 x 8 x 3" in out and "volume:        -1" in out and "min 30, max 30" in out, out
+    assert main(["info", str(src), "--volume-index", "3"]) == 0
+    assert "refused: volume_index 3 out of range for 3 volumes" in capsys.readouterr().out
+    dst = tmp_path / "noisy.nii.gz"
+    assert main(["noisy", str(src), str(dst)]) == 2
+    err = capsys.readouterr().err
+    assert f"{src}: 4D image with 3 volumes; choose one with volume_index (--volume-index)" in err, err
+    assert main(["noisy", str(src), str(dst), "--volume-index", "-3", "--fraction", "0.1"]) == 0
+    assert "sigma 1 (0.1 x the 99.5th percentile)" in capsys.readouterr().out  # the first volume, at 10
+    assert nib.load(dst).shape == (6, 7, 8)
+
+
+@pytest.mark.reliability
+def test_cli_train_exits_130_on_sigint_with_the_resume_command(tmp_path, capsys, monkeypatch):
+    import os
+    import signal
+
+    from volscore.checkpoint import load_checkpoint
+    from volscore.train import Trainer
+
+    real = Trainer.train_step
+
+    def step_then_sigint(self):
+        info = real(self)
+        if self.step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return info
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_sigint)
+    run = tmp_path / "r"
+    argv = [
+        "train",
+        "--data",
+        "mnist",
+        "--out",
+        str(run),
+        "--steps",
+        "50",
+        "--preset",
+        "tiny",
+        "--threads",
+        "1",
+    ]
+    assert main([*argv, "--batch-size", "2", "--sigma-max", "5", "--num-sigmas", "4", "--amp", "off"]) == 130
+    err = capsys.readouterr().err
+    assert "volscore train: interrupted" in err and "SIGINT at step 1" in err, err
+    assert f"--out {run} --resume --steps 50" in err and "Traceback" not in err
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 1
+    assert not (run / "run.lock").exists()
+
+
+@pytest.mark.reliability
+def test_cli_sample_interrupted_exits_130_and_writes_nothing(tmp_path, tiny_mnist_run, capsys, monkeypatch):
+    from volscore import generate
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(generate, "sample_run_tensor", interrupted)
+    assert main(["sample", "--run", str(tiny_mnist_run), "--out", str(tmp_path / "grid.png")]) == 130
+    assert capsys.readouterr().err.strip() == "volscore sample: interrupted"
+    assert list(tmp_path.iterdir()) == []
