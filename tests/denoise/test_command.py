@@ -105,7 +105,6 @@ def test_cli_denoise_folder_and_argument_errors(tmp_path, tiny_run, capsys):
     assert (dst_dir / "a.nii.gz").exists() and (dst_dir / RECORD_NAME).exists()
     assert "done" in capsys.readouterr().out
     for argv, message in [
-        (["denoise", str(src_dir / "a.nii.gz"), str(tmp_path / "x.nii.gz")], "--run RUN"),
         (["denoise", "a.nii.gz", "b.nii.gz", "--run", str(tiny_run), "--self-supervised"], "not both"),
         (["denoise", "a.nii.gz", "--run", str(tiny_run)], "both INPUT and OUTPUT"),
         (["denoise", "a.nii.gz", "b.nii.gz", "-i", str(src_dir), "--run", str(tiny_run)], "not both"),
