@@ -93,11 +93,10 @@ def measure_mnist(weights: Path, n: int = 500) -> dict[str, Any]:
     from volscore.generate import sample_run_tensor
     from volscore.metrics.classifier import load_or_train_classifier
     from volscore.metrics.mnist import cache_dir, evaluate_mnist_samples
-    from volscore.options import BASELINE_SAMPLER
     from volscore.sampling.settings import SamplerSettings
 
-    settings = SamplerSettings(**BASELINE_SAMPLER)
     run = _run(weights, "mnist")
+    settings = SamplerSettings().for_kind(run.kind)  # the default: the measured best for MNIST
     x = sample_run_tensor(run, settings, n=n, seed=0, progress=False)
     train_x, train_y = load_mnist("train")
     test_x, _ = load_mnist("test")
