@@ -67,11 +67,13 @@ def test_list_describe_and_cards(registry):
     assert text.startswith("pretrained:tiny-3d") and card["sha256"] in text
 
 
+@pytest.mark.reliability
 def test_unknown_name_lists_the_bundled_models(registry):
     with pytest.raises(CheckpointError, match=r"no-such.*bundled: tiny-3d"):
         Run.load("pretrained:no-such")
 
 
+@pytest.mark.reliability
 def test_weights_that_do_not_match_the_card_are_refused(registry):
     weights = registry / "tiny-3d.pt"
     data = bytearray(weights.read_bytes())
@@ -81,6 +83,7 @@ def test_weights_that_do_not_match_the_card_are_refused(registry):
         Run.load("pretrained:tiny-3d")
 
 
+@pytest.mark.reliability
 def test_a_card_that_is_not_json_or_lacks_the_hash_is_refused(registry):
     (registry / "bad.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="not valid JSON"):
@@ -90,6 +93,7 @@ def test_a_card_that_is_not_json_or_lacks_the_hash_is_refused(registry):
         load_card("bad")
 
 
+@pytest.mark.reliability
 def test_missing_weights_file_is_a_clear_error(registry):
     (registry / "tiny-3d.pt").unlink()
     with pytest.raises(CheckpointError, match="missing"):
