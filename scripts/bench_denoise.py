@@ -445,10 +445,16 @@ class _Rows:
         if self.rows:  # the first row is the noisy input
             q["head_gain_db"] = q["psnr_head"] - self.rows["noisy input"]["psnr_head"]
         self.rows[method] = {**q, "seconds": seconds, **extra}
-        self.pictures[method] = x
+        self.pictures[_short(method)] = x
         check = extra.get("check")
         flag = "" if check is None else ("  check FLAG" if check["flagged"] else "  check pass")
         print(f"  {self.setting:>14} {method:<46} {q['psnr']:6.2f} dB  {seconds:7.1f} s{flag}", flush=True)
+
+
+def _short(method: str) -> str:
+    """A short picture title: "volscore Tweedie, spacing auto (3x3x3 mm)" -> "spacing auto"."""
+    text = method.removeprefix("volscore ").removeprefix("Tweedie, ")
+    return text.split(" (")[0] if text.startswith(("spacing", "gaussian")) else text
 
 
 def _check_cell(row: dict[str, Any]) -> str:
