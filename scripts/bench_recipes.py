@@ -21,13 +21,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/: the harness and sibling benches
 import harness  # noqa: E402
 
-# What differs between the recipes; everything else is the TrainConfig default or the kind's data settings.
-RECIPES: dict[str, dict[str, Any]] = {
-    "ncsn": dict(sigma_dist="loguniform", weighting="sigma2"),
-    "edm": dict(sigma_dist="lognormal", weighting="edm"),
-}
+# What differs between the recipes (sigmas, weighting, learning rate: volscore baseline's --recipe table);
+# everything else is the TrainConfig default or the kind's data settings.
+from volscore.options import BASELINE_RECIPES as RECIPES  # noqa: E402
+
 KINDS: dict[str, dict[str, Any]] = {
-    "mnist": dict(data=["mnist"], preset="small", lr=1e-3),
+    "mnist": dict(data=["mnist"], preset="small"),
     "mni152": dict(
         data=["mni152"], full_volume=True, spacing=3.0, preset="small", patch_size=32, lr=1e-3, warmup=50
     ),
@@ -95,13 +94,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     runs = {name: str(out / f"{args.kind}_{name}") for name in args.recipes}
     if not args.skip_train:
         runs = train_all(args.kind, args.minutes, out, args.recipes, args.lr)
-    samplers = [
-        {"sampler": "edm", "steps": 18},
-        {"sampler": "heun", "steps": 18},
-        {"sampler": "annealed", "n_steps_each": 3, "step_lr_scale": 3.0}
+    samplers = (
+        [{"sampler": "edm", "steps": 40}, {"sampler": "annealed", "n_steps_each": 3, "step_lr_scale": 3.0}]
         if args.kind == "mnist"
-        else {"sampler": "annealed", "steps": 60, "n_steps_each": 2},
-    ]
+        else [{"sampler": "dpm", "steps": 35}, {"sampler": "annealed", "steps": 60, "n_steps_each": 2}]
+    )  # the kind's default sampler and the lecture's annealed Langevin
     return {
         "kind": args.kind,
         "runs": {name: evaluate(args.kind, d, samplers, args.n) for name, d in runs.items()},
