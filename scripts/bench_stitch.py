@@ -198,17 +198,7 @@ def report(sampling: dict[str, Any], args: argparse.Namespace, log: harness.Log)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    add_arguments(p)
-    harness.add_common_flags(p, threads=1)
-    p.add_argument("--quick", action="store_true", help="tiny budget: a smoke test, not a measurement")
-    args = p.parse_args(argv)
-    if args.quick:
-        apply_quick(args)
-    check(args, p.error)
-    return args
+    return harness.parse_quick_args(__doc__, argv, add_arguments, apply_quick, check)
 
 
 def main(argv: Sequence[str] | None = None, log: harness.Log = print) -> dict[str, Any]:

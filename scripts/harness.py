@@ -171,6 +171,29 @@ def median_fields(runs: Sequence[dict[str, Any]], keys: Sequence[str]) -> dict[s
 
 
 # -- flags and threads ----------------------------------------------------------------------------------
+def parse_quick_args(
+    doc: str,
+    argv: Sequence[str] | None,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    apply_quick: Callable[[argparse.Namespace], None],
+    check: Callable[[argparse.Namespace, Callable[[str], Any]], None],
+    threads: int | None = 1,
+) -> argparse.Namespace:
+    """The flags of a bench that has a ``--quick`` smoke budget: its own (``add_arguments``), the common
+    ones, then ``apply_quick`` when asked and ``check`` (which reports through the parser's error)."""
+    p = argparse.ArgumentParser(
+        description=doc.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    add_arguments(p)
+    add_common_flags(p, threads=threads)
+    p.add_argument("--quick", action="store_true", help="tiny budget: a smoke test, not a measurement")
+    args = p.parse_args(argv)
+    if args.quick:
+        apply_quick(args)
+    check(args, p.error)
+    return args
+
+
 def add_common_flags(
     p: argparse.ArgumentParser,
     threads: int | None = 1,
