@@ -37,6 +37,7 @@ def train_all(kind: str, minutes: float, out: Path, recipes: list[str], lr: floa
     """Train every recipe at once, each in its own process with one thread, for ``minutes`` each."""
     from volscore.config import TrainConfig
 
+    out.mkdir(parents=True, exist_ok=True)  # the children's logs go here
     configs = []
     for name in recipes:
         kwargs = {**KINDS[kind], **RECIPES[name], "out": str(out / f"{kind}_{name}"), "minutes": minutes}
