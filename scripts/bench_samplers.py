@@ -47,7 +47,7 @@ def settings_for(sampler: str, levels: int, **extra: Any):
 def mnist_quality(run, settings, n: int, seed: int) -> dict[str, Any]:
     """Sample ``n`` MNIST digits with ``settings`` and score them (``evaluate_mnist_samples``)."""
     from volscore.data.mnist import load_mnist
-    from volscore.generate import sample_run_tensor
+    from volscore.generate import run_sigmas, sample_run_tensor
     from volscore.metrics.classifier import load_or_train_classifier
     from volscore.metrics.mnist import cache_dir, evaluate_mnist_samples
 
@@ -58,7 +58,7 @@ def mnist_quality(run, settings, n: int, seed: int) -> dict[str, Any]:
     test_x, _ = load_mnist("test")
     clf = load_or_train_classifier(cache_dir() / "mnist_classifier.pt", train_x, train_y)
     m = evaluate_mnist_samples(x, clf, train_x, test_x)
-    levels = settings.steps
+    levels = len(run_sigmas(run, settings))  # the run's own levels where the settings give none
     return {
         **m,
         "sampler": settings.sampler,
