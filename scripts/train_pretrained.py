@@ -81,10 +81,12 @@ def command_line(cfg: TrainConfig) -> str:
 
 
 def _run(weights: Path, name: str):
-    from volscore.checkpoint import load_checkpoint
+    """The exported model as a user loads it: ``pretrained:NAME`` from the folder being written (``main``
+    points $VOLSCORE_PRETRAINED there and writes the card first), so the hash check runs too."""
     from volscore.run import Run
 
-    return Run.from_state(load_checkpoint(weights), name)
+    assert weights.stem == name, (weights, name)
+    return Run.load(f"pretrained:{name}")
 
 
 def measure_mnist(weights: Path, n: int = 500) -> dict[str, Any]:

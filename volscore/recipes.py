@@ -108,6 +108,9 @@ def demo(
     """The main job: one brain sampled from the 3D prior (stitched over the whole volume; NIfTI + montage),
     and a noisy copy of the template's hold-out block denoised by the T1 denoiser (before/after PNG, PSNR).
     With ``options.minutes`` the prior is first trained further (fine-tuned) into ``out/prior``."""
+    import nibabel as nib
+
+    from volscore.atomic import atomic_write_json
     from volscore.corrupt import add_noise, reference_level
     from volscore.data.nifti import load_volume, resolve_paths, save_volume
     from volscore.data.patches import MNI152_HOLDOUT_CROP
@@ -116,7 +119,6 @@ def demo(
     from volscore.generate import sample_run
     from volscore.metrics.volumes import psnr, volume_sample_quality
     from volscore.options import DenoiseOptions
-    from volscore.outputs import check_outputs
     from volscore.run import Run
 
     options.validate()
@@ -150,8 +152,7 @@ def demo(
     clean = template.data[MNI152_HOLDOUT_CROP]
     level = reference_level(template.data)  # as scripts/bench_denoise.py and the denoiser's card
     noisy = add_noise(clean, options.noise * level, "gaussian", seed=options.seed)
-    crop_affine = template.affine.copy()
-    crop_affine[:3, 3] += template.affine[:3, :3] @ [s.start for s in MNI152_HOLDOUT_CROP]
+    crop_affine = nib.load(template.path).slicer[MNI152_HOLDOUT_CROP].affine  # nibabel shifts the origin
     reference = dataclasses.replace(template, data=clean, affine=crop_affine)
     save_volume(files["clean"], clean, reference)
     save_volume(files["noisy"], noisy, reference)
@@ -168,8 +169,6 @@ def demo(
                     "seconds": den_record["timings"]["denoise"]},
         "files": {k: str(v) for k, v in files.items()},
     }  # fmt: skip
-    from volscore.atomic import atomic_write_json
-
     atomic_write_json(files["record"], result)
     say("files:\n" + "\n".join(f"  {k:<12} {v}" for k, v in result["files"].items()))
     return result
