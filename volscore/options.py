@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from volscore.config import OBJECTIVES, PRESET_NAMES, check_seed
-from volscore.sampling.settings import STITCH_MODES
+from volscore.sampling.settings import AUTO, SAMPLERS, STITCH_MODES
 
 NOISE_MODELS = ("gaussian", "rician")
 BACKGROUND_RULES = ("clamp", "none")
@@ -287,4 +287,136 @@ class BaselineOptions:
             raise ValueError(f"--recipe must be one of {tuple(BASELINE_RECIPES)}, got {self.recipe!r}")
         if self.n < 2:
             raise ValueError(f"--n must be >= 2 (the Frechet distance needs a covariance), got {self.n}")
+        check_seed(self.seed)
+
+
+RESTORE_TASKS = ("superres", "inpaint")
+SLICE_PROFILES = ("box", "gaussian")  # volscore.restore.operators' thick-slice profiles
+# "pnp": deterministic proximal iterations (the best PSNR measured); a sampler name: posterior draws with it.
+RESTORE_SAMPLERS = (AUTO, "pnp", *SAMPLERS)
+# Levels per method, chosen on a crop of the template's training half (never the reported hold-out):
+# (levels, first sigma, last sigma) in model units (README, "Restoring scans").
+RESTORE_LEVELS = {"pnp": (10, 0.1, 0.01), "draws": (10, 0.1, 0.005)}
+
+
+@dataclass
+class RestoreOptions:
+    """How ``volscore restore`` works: the task and its measurement, the prior, the sampler."""
+
+    task: str = field(default="superres", metadata=_opt("what to restore", choices=RESTORE_TASKS))
+    run: str = field(
+        default=DEFAULT_DENOISER,
+        metadata=_opt("the prior: a trained 3D run folder or pretrained:NAME (no coordinates is safest)"),
+    )
+    slice_axis: str = field(
+        default="auto",
+        metadata=_opt("superres: the thick axis (0, 1, 2), or auto (the largest voxel size in the header)"),
+    )
+    factor: str = field(
+        default="auto",
+        metadata=_opt("superres: fine slices per thick slice, or auto (thick voxel size / in-plane size)"),
+    )
+    profile: str = field(
+        default="box",
+        metadata=_opt("superres: slice profile (box: the mean of the fine slices)", choices=SLICE_PROFILES),
+    )
+    mask: str | None = field(
+        default=None,
+        metadata=_opt("inpaint: NIfTI mask on the input's grid, nonzero = voxels to fill in"),
+    )
+    sampler: str = field(
+        default=AUTO,
+        metadata=_opt(
+            "pnp: deterministic proximal iterations (best PSNR measured); a sampler name: posterior draws; "
+            "auto: pnp for one sample, dpm draws for --n-samples > 1",
+            choices=RESTORE_SAMPLERS,
+        ),
+    )
+    steps: int | None = field(default=None, metadata=_opt("noise levels (default 10)"))
+    sigma_max: float | None = field(default=None, metadata=_opt("first level, model units (default 0.1)"))
+    sigma_min: float | None = field(
+        default=None, metadata=_opt("last level, model units (default: pnp 0.01, draws 0.005)")
+    )
+    n_samples: int = field(
+        default=1,
+        metadata=_opt("posterior draws: OUTPUT is their mean, and their per-voxel sd goes to --std-out"),
+    )
+    noise_sigma: str = field(
+        default="auto",
+        metadata=_opt("measurement noise sd in input units, or auto (estimated from the input)"),
+    )
+    seed: int = field(default=0, metadata=_opt("draw k uses seed + k (noise and tile offsets)"))
+    tile_batch: int = field(default=8, metadata=_opt("tiles per network call (bounds memory)"))
+    amp: str = field(default="off", metadata=_opt("network under autocast", choices=DENOISE_AMP))
+    device: str = field(default="cpu", metadata=_opt("cpu, cuda or cuda:N"))
+    volume_index: int | None = field(default=None, metadata=_opt(VOLUME_INDEX_HELP))
+
+    @property
+    def method(self) -> str:
+        """ "pnp" or the sampler of the posterior draws, with auto resolved."""
+        if self.sampler != AUTO:
+            return self.sampler
+        return "pnp" if self.n_samples == 1 else "dpm"
+
+    def levels(self) -> tuple[int, float, float]:
+        """(levels, first sigma, last sigma) in model units: the given ones, else the method's default."""
+        steps, hi, lo = RESTORE_LEVELS["pnp" if self.method == "pnp" else "draws"]
+        return (
+            self.steps if self.steps is not None else steps,
+            self.sigma_max if self.sigma_max is not None else hi,
+            self.sigma_min if self.sigma_min is not None else lo,
+        )
+
+    @property
+    def noise_value(self) -> float | None:
+        return None if self.noise_sigma == "auto" else float(self.noise_sigma)
+
+    def validate(self) -> None:
+        """The one place the restoration options are checked, before any file is read."""
+        for name, value, allowed in (
+            ("task", self.task, RESTORE_TASKS),
+            ("profile", self.profile, SLICE_PROFILES),
+            ("sampler", self.sampler, RESTORE_SAMPLERS),
+            ("amp", self.amp, DENOISE_AMP),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if self.task == "inpaint" and self.mask is None:
+            raise ValueError("--task inpaint needs --mask MASK.nii.gz (nonzero = voxels to fill in)")
+        if self.task == "superres" and self.mask is not None:
+            raise ValueError("--mask is for --task inpaint")
+        if self.slice_axis != "auto" and self.slice_axis not in ("0", "1", "2"):
+            raise ValueError(f"--slice-axis must be auto, 0, 1 or 2, got {self.slice_axis!r}")
+        if self.factor != "auto":
+            try:
+                factor = int(self.factor)
+            except (TypeError, ValueError):
+                raise ValueError(f"--factor must be auto or an integer >= 2, got {self.factor!r}") from None
+            if factor < 2:
+                raise ValueError(f"--factor must be auto or an integer >= 2, got {self.factor!r}")
+        if self.method == "pnp" and self.n_samples > 1:
+            raise ValueError(
+                "pnp is deterministic: --n-samples > 1 needs a posterior sampler (--sampler dpm, heun, ...)"
+            )
+        if self.n_samples < 1 or self.tile_batch < 1 or (self.steps is not None and self.steps < 1):
+            raise ValueError(
+                f"need --n-samples, --tile-batch and --steps >= 1; got {self.n_samples}, {self.tile_batch}, "
+                f"{self.steps}"
+            )
+        _positive("sigma_max", self.sigma_max)
+        _positive("sigma_min", self.sigma_min)
+        steps, hi, lo = self.levels()
+        if not hi > lo and steps > 1:
+            raise ValueError(f"need --sigma-max > --sigma-min, got {hi}, {lo}")
+        if self.noise_sigma != "auto":
+            try:
+                value = float(self.noise_sigma)
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"--noise-sigma must be auto or a number >= 0, got {self.noise_sigma!r}"
+                ) from None
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(
+                    f"--noise-sigma must be auto or a finite number >= 0, got {self.noise_sigma}"
+                )
         check_seed(self.seed)

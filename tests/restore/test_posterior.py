@@ -35,7 +35,9 @@ def exact_posterior(a: torch.Tensor, y: torch.Tensor, noise: float) -> tuple[tor
 
 
 def _draw(operator, y, noise, sampler: str, steps: int, seed: int = 0) -> torch.Tensor:
-    settings = SamplerSettings(sampler=sampler, steps=steps, s_churn=10.0, s_tmin=0.0, s_tmax=100.0, s_noise=1.0)
+    settings = SamplerSettings(
+        sampler=sampler, steps=steps, s_churn=10.0, s_tmin=0.0, s_tmax=100.0, s_noise=1.0
+    )
     sigmas = karras_sigmas(steps, 0.002, 20.0).double()
     out = posterior_sample(
         prior_score, operator, y, noise, sigmas, settings, SD, (N, 1, N_DIM),
@@ -73,7 +75,9 @@ def test_a_wrong_covariance_would_fail() -> None:
 
 def test_noise_free_mask_keeps_known_voxels_and_samples_the_prior_elsewhere() -> None:
     known = torch.tensor([1, 0, 1, 1, 0, 0, 1, 0], dtype=torch.bool)
-    y = torch.where(known, torch.linspace(1.0, 2.0, N_DIM, dtype=torch.float64), torch.zeros((), dtype=torch.float64))
+    y = torch.where(
+        known, torch.linspace(1.0, 2.0, N_DIM, dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+    )
     out = _draw(Mask(known), y, 0.0, "heun", 30)
     assert torch.equal(out[:, known], y[known].expand(N, -1))
     # unknown voxels: independent of the known ones under an isotropic prior, so the prior's marginal

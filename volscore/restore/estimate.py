@@ -12,7 +12,7 @@ from torch import Tensor
 
 from volscore.denoise.estimators import autocast
 from volscore.restore.operators import Operator
-from volscore.restore.posterior import posterior_sample
+from volscore.restore.posterior import PosteriorScore, posterior_sample, proximal_iterations
 from volscore.sampling.settings import SamplerSettings
 from volscore.sampling.stitch import PatchFn, StitchedScore
 
@@ -36,7 +36,7 @@ def restore_volume(
     x_init: Tensor | None,
     noise_sigma: float,
     sigmas: Tensor,
-    settings: SamplerSettings,
+    method: str | SamplerSettings,
     sigma_data: float,
     patch_size: int | Sequence[int],
     coords: bool,
@@ -48,10 +48,11 @@ def restore_volume(
     amp: torch.dtype | None = None,
     progress: bool = True,
 ) -> Restored:
-    """``n_samples`` draws from p(x | y) (``posterior_sample``) over a ``StitchedScore`` of ``model`` on the
-    ``fine_shape`` grid, started at ``x_init`` (model units, ``fine_shape``) noised to sigmas[0], or at pure
-    noise. Draw k is seeded by ``seed + k`` (its noise and its tile offsets), so draws are reproducible and
-    independent. ``y``: the measurement (1, 1, *its shape) in model units."""
+    """Restore ``y`` (1, 1, *its shape, model units) onto the ``fine_shape`` grid with a ``StitchedScore`` of
+    ``model``: ``method`` "pnp" runs ``proximal_iterations`` from ``x_init``; a ``SamplerSettings`` draws
+    ``n_samples`` times from p(x | y) with its sampler (``posterior_sample``), started at ``x_init`` noised to
+    sigmas[0] (or at pure noise without one). Run k is seeded by ``seed + k`` (noise and tile offsets), so
+    draws are reproducible and independent."""
     from tqdm.auto import tqdm
 
     if n_samples < 1:
@@ -74,10 +75,18 @@ def restore_volume(
             evaluations[0] += 1
             return stitched(x, sigma)
 
-        draw = posterior_sample(
-            score, operator, y, noise_sigma, sigmas, settings, sigma_data, shape, x_init=init,
-            generator=torch.Generator().manual_seed(seed + k), callback=lambda _: bar.update(1),
-        )  # fmt: skip
+        if method == "pnp":
+            if init is None:
+                raise ValueError("pnp starts from an estimate: give x_init")
+            posterior = PosteriorScore(score, operator, y, noise_sigma, sigma_data)
+            draw = proximal_iterations(posterior, init, sigmas, callback=lambda _: bar.update(1))
+        elif isinstance(method, SamplerSettings):
+            draw = posterior_sample(
+                score, operator, y, noise_sigma, sigmas, method, sigma_data, shape, x_init=init,
+                generator=torch.Generator().manual_seed(seed + k), callback=lambda _: bar.update(1),
+            )  # fmt: skip
+        else:
+            raise ValueError(f"method must be 'pnp' or SamplerSettings, got {method!r}")
         total += draw.double()
         total_sq += draw.double() ** 2
     bar.close()

@@ -83,7 +83,8 @@ def _laplacian_rows(shape: tuple[int, ...], rows: np.ndarray) -> Any:
     c_idx.append(rows)
     vals.append(-degree)
     return csr_matrix(
-        (np.concatenate(vals), (np.concatenate(r_idx), np.concatenate(c_idx))), shape=(len(rows), int(np.prod(shape)))
+        (np.concatenate(vals), (np.concatenate(r_idx), np.concatenate(c_idx))),
+        shape=(len(rows), int(np.prod(shape))),
     )
 
 

@@ -101,3 +101,23 @@ def posterior_sample(
     z = randn_like(torch.empty(*shape, dtype=y.dtype, device=y.device), generator)
     x = float(sigmas[0]) * z if x_init is None else x_init.expand(*shape) + float(sigmas[0]) * z
     return run_sampler(settings, posterior, x, sigmas, generator=generator, callback=callback)
+
+
+@torch.no_grad()
+def proximal_iterations(
+    posterior: PosteriorScore, x: Tensor, sigmas: Tensor, callback: Callback | None = None
+) -> Tensor:
+    """Deterministic plug-and-play restoration: x <- prox(D(x, sigma_k)) over the descending ``sigmas``,
+    started at an estimate x (no noise added).
+
+    Half-quadratic splitting with the prior's denoiser at a decreasing strength (DPIR, Zhang et al. 2021;
+    DiffPIR, Zhu et al. 2023, without its re-noising), the proximal weight r^2(sigma_k) of ``PosteriorScore``.
+    It is not a posterior sampler: it tends to a point estimate near the posterior mode, which on the
+    restoration benchmark scored higher PSNR than the mean of four posterior draws at a quarter of the cost.
+    One network evaluation per level.
+    """
+    for i, sigma in enumerate(sigmas.tolist()):
+        x = posterior.denoise(x, torch.full((x.shape[0],), sigma, dtype=torch.float32, device=x.device))
+        if callback is not None:
+            callback({"level": i, "sigma": sigma, "x": x})
+    return x
