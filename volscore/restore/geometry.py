@@ -90,7 +90,7 @@ def _laplacian_rows(shape: tuple[int, ...], rows: np.ndarray) -> Any:
 
 def fill_missing(volume: np.ndarray, known: np.ndarray) -> np.ndarray:
     """Missing voxels filled by the biharmonic interpolant of the known ones: the values u in the hole that
-    minimise the squared discrete Laplacian over the hole and a ring of known voxels around it (Delta^2 u = 0
+    minimise the squared discrete Laplacian over the hole and a ring of known voxels around it (inside the volume's faces) (Delta^2 u = 0
     inside, the known voxels as boundary values, as scikit-image's ``inpaint_biharmonic``), solved by
     conjugate gradients on the normal equations. Smooth, continues the gradients at the border; the classical
     baseline and the posterior sampler's starting estimate. Known voxels are returned as they were."""
@@ -105,7 +105,10 @@ def fill_missing(volume: np.ndarray, known: np.ndarray) -> np.ndarray:
     if not known.any():
         raise ValueError("the mask leaves no voxel known")
     hole = ~known
-    rows = np.flatnonzero(ndimage.binary_dilation(hole, iterations=2))
+    ring = ndimage.binary_dilation(hole, iterations=2)
+    interior = np.zeros_like(hole)
+    interior[(slice(1, -1),) * hole.ndim] = True  # the 7-point Laplacian of a linear field is 0 only there
+    rows = np.flatnonzero(ring & interior) if (ring & interior).any() else np.flatnonzero(ring)
     lap = _laplacian_rows(data.shape, rows)
     unknown = np.flatnonzero(hole)
     flat = data.ravel().astype(np.float64)
