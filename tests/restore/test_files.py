@@ -19,7 +19,7 @@ import torch
 from phantoms import AFFINE, closed_form_run, head_phantom, write_nifti
 
 from volscore.cli import main
-from volscore.data.nifti import VolumeError, load_volume
+from volscore.data.nifti import load_volume
 from volscore.options import RestoreOptions
 from volscore.restore.files import border_gradient_ratio, default_std_path, restore_file
 from volscore.restore.operators import SliceProfile
