@@ -90,9 +90,10 @@ def _laplacian_rows(shape: tuple[int, ...], rows: np.ndarray) -> Any:
 
 def fill_missing(volume: np.ndarray, known: np.ndarray) -> np.ndarray:
     """Missing voxels filled by the biharmonic interpolant of the known ones: the values u in the hole that
-    minimise the squared discrete Laplacian over the hole and a ring of known voxels around it (inside the volume's faces) (Delta^2 u = 0
-    inside, the known voxels as boundary values, as scikit-image's ``inpaint_biharmonic``), solved by
-    conjugate gradients on the normal equations. Smooth, continues the gradients at the border; the classical
+    minimise the squared discrete Laplacian over the hole and a ring of known voxels around it, inside the
+    volume's faces (Delta^2 u = 0 inside, the known voxels as boundary values, as scikit-image's
+    ``inpaint_biharmonic``; linear fields are filled exactly), solved by conjugate gradients on the normal
+    equations. Smooth, continues the gradients at the border; the classical
     baseline and the posterior sampler's starting estimate. Known voxels are returned as they were."""
     from scipy.sparse.linalg import cg
 
