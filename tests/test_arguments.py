@@ -131,6 +131,7 @@ def _subparser(command: str) -> argparse.ArgumentParser:
         ("denoise", ["a.nii", "b.nii"], "DenoiseOptions"),
         ("demo", [], "DemoOptions SamplerSettings"),
         ("baseline", [], "BaselineOptions SamplerSettings"),
+        ("restore", ["a.nii", "b.nii"], "RestoreOptions"),
     ],
 )
 def test_commands_flags_are_their_records_fields_with_their_defaults(command, argv, records):
@@ -145,6 +146,7 @@ def test_commands_flags_are_their_records_fields_with_their_defaults(command, ar
         "DenoiseOptions": options.DenoiseOptions,
         "DemoOptions": options.DemoOptions,
         "BaselineOptions": options.BaselineOptions,
+        "RestoreOptions": options.RestoreOptions,
     }
     given = {a.lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
     parsed = vars(_subparser(command).parse_args(argv))

@@ -232,3 +232,39 @@ def test_out_of_range_numbers_are_refused_naming_the_option(options, option):
 def test_noisy_defaults_and_limits_are_valid():
     NoisyOptions().validate()
     NoisyOptions(fraction=1e-6, seed=2**63 - 1, noise="rician").validate()
+
+
+def test_restore_defaults_resolve_the_method_and_levels():
+    from volscore.options import RESTORE_LEVELS, RestoreOptions
+
+    RestoreOptions().validate()
+    assert RestoreOptions().method == "pnp" and RestoreOptions().levels() == RESTORE_LEVELS["pnp"]
+    draws = RestoreOptions(n_samples=4)
+    assert draws.method == "dpm" and draws.levels() == RESTORE_LEVELS["draws"]
+    assert RestoreOptions(sampler="heun", steps=6, sigma_min=0.02).levels() == (6, 0.1, 0.02)
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize(
+    "changes, option",
+    [
+        ({"task": "deblur"}, "task"),
+        ({"task": "inpaint"}, "--mask"),
+        ({"mask": "m.nii.gz"}, "--mask"),
+        ({"slice_axis": "3"}, "--slice-axis"),
+        ({"factor": "2.5"}, "--factor"),
+        ({"factor": "1"}, "--factor"),
+        ({"sampler": "pnp", "n_samples": 2}, "pnp is deterministic"),
+        ({"n_samples": 0}, "--n-samples"),
+        ({"steps": 0}, "--steps"),
+        ({"sigma_max": 0.01, "sigma_min": 0.1}, "--sigma-max"),
+        ({"sigma_min": float("nan")}, "--sigma-min"),
+        ({"noise_sigma": "-1"}, "--noise-sigma"),
+        ({"noise_sigma": "loud"}, "--noise-sigma"),
+        ({"seed": -1}, "seed"),
+    ],
+)
+def test_restore_options_refusals_name_the_option(changes, option):
+    from volscore.options import RestoreOptions
+
+    _refused(RestoreOptions(**changes), option)
