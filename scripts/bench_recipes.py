@@ -29,7 +29,12 @@ KINDS: dict[str, dict[str, Any]] = {
     "mnist": dict(data=["mnist"], preset="small"),
     # the bundled prior's setting (``recipes.prior_config``: coordinates with Fourier features), from scratch
     "mni152": dict(
-        data=["mni152"], full_volume=True, spacing=3.0, preset="small", patch_size=32, coord_frequencies=5,
+        data=["mni152"],
+        full_volume=True,
+        spacing=3.0,
+        preset="small",
+        patch_size=32,
+        coord_frequencies=5,
         warmup=50,
     ),
 }
