@@ -183,15 +183,11 @@ def restore_file(
 
         sigmas = geometric_sigmas(hi, lo, steps) if steps > 1 else torch.tensor([hi])
         how: str | SamplerSettings = "pnp"
-    else:
-        from volscore.noise import karras_sigmas
+    else:  # the sampler table's own levels: EDM's rho-schedule or geometric, by sampler
+        from volscore.sampling.table import sampling_sigmas
 
         how = SamplerSettings(sampler=method, steps=steps, sigma_max=hi, sigma_min=lo)
-        sigmas = karras_sigmas(steps, lo, hi) if method in ("heun", "edm", "dpm") else None
-        if sigmas is None:
-            from volscore.noise import geometric_sigmas
-
-            sigmas = geometric_sigmas(hi, lo, steps)
+        sigmas = sampling_sigmas(how, lo, hi, steps)
     amp = torch.bfloat16 if options.amp == "bf16" else None
     t = time.perf_counter()
     restored = restore_volume(
@@ -221,9 +217,10 @@ def restore_file(
         std = restored.std.cpu().numpy() * span
         if known is not None:
             std = np.where(known, 0.0, std)
-        save_on_grid(std_path, std, volume, affine) if options.task == "superres" else save_volume(
-            std_path, std, reference=volume
-        )
+        if options.task == "superres":
+            save_on_grid(std_path, std, volume, affine)
+        else:
+            save_volume(std_path, std, reference=volume)
     return {
         "input": str(src),
         "output": str(dst),
