@@ -175,6 +175,35 @@ def test_samples_are_seeded_per_sample_not_per_batch(tiny_mnist_run):
     assert not torch.allclose(together[0], together[1])
 
 
+@pytest.mark.parametrize("kind", ["mnist", "nifti"])
+def test_bf16_sampling_runs_the_network_in_bf16_and_stays_near_fp32(
+    kind, tiny_mnist_run, tiny_run, monkeypatch
+):
+    """--amp bf16: the network sees autocast (its convolutions return bf16), the sample is float32 and
+    within bf16's rounding of the fp32 sample from the same seed, and not bit-identical to it."""
+    run = Run.load(tiny_mnist_run if kind == "mnist" else tiny_run)
+    shape = None if kind == "mnist" else [12, 12, 12]
+    seen: list[torch.dtype] = []
+    hook = run.model.net.conv_in.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    fp32 = sample_run_tensor(run, FAST, n=2, shape=shape, seed=3, progress=False)
+    assert set(seen) == {torch.float32}
+    seen.clear()
+    bf16 = sample_run_tensor(run, FAST, n=2, shape=shape, seed=3, progress=False, amp=torch.bfloat16)
+    hook.remove()
+    assert set(seen) == {torch.bfloat16} and bf16.dtype == torch.float32
+    diff = (bf16 - fp32).abs()
+    assert 0 < float(diff.max()) < 0.05 * float(fp32.abs().max())
+
+
+def test_sample_run_records_its_amp(tmp_path, tiny_mnist_run):
+    record = sample_run(
+        Run.load(tiny_mnist_run), SampleOptions(out=str(tmp_path / "g.png"), n=2, amp="bf16"), FAST
+    )
+    assert record["amp"] == "bf16"
+    with pytest.raises(ValueError, match="amp must be one of"):
+        sample_run(Run.load(tiny_mnist_run), SampleOptions(out=str(tmp_path / "h.png"), amp="fp8"), FAST)
+
+
 def test_sample_run_tensor_refuses_a_shape_of_the_wrong_dimension(tiny_run, tiny_mnist_run):
     with pytest.raises(ValueError, match="3 positive sizes"):
         sample_run_tensor(Run.load(tiny_run), FAST, shape=[16, 16], progress=False)

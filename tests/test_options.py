@@ -11,7 +11,7 @@ import pytest
 from volscore.options import (
     BACKGROUND_RULES,
     CHECK_MODES,
-    DENOISE_AMP,
+    INFERENCE_AMP,
     DENOISE_CHAINS,
     NOISE_MODELS,
     SELF_SUPERVISED_OBJECTIVES,
@@ -177,12 +177,13 @@ def test_sampler_settings_refusals_name_the_option(changes, option):
     "cls, name, allowed",
     [
         (SampleOptions, "stitch", STITCH_MODES),
+        (SampleOptions, "amp", INFERENCE_AMP),
         (DenoiseOptions, "noise", NOISE_MODELS),
         (DenoiseOptions, "sampler", DENOISE_CHAINS),
         (DenoiseOptions, "objective", SELF_SUPERVISED_OBJECTIVES),
         (DenoiseOptions, "stitch", STITCH_MODES),
         (DenoiseOptions, "background", BACKGROUND_RULES),
-        (DenoiseOptions, "amp", DENOISE_AMP),
+        (DenoiseOptions, "amp", INFERENCE_AMP),
         (DenoiseOptions, "check", CHECK_MODES),
     ],
 )

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from volscore.amp import autocast, inference_dtype
 from volscore.options import SampleOptions
 from volscore.outputs import OutputError, check_outputs
 from volscore.run import Run, run_files
@@ -134,10 +135,11 @@ def sample_volume(
 
 def sample_run_tensor(
     run: Run, settings: SamplerSettings, n: int = 1, shape: Sequence[int] | None = None, seed: int = 0,
-    stitch: str = "shift", tile_batch: int = 8, progress: bool = True,
+    stitch: str = "shift", tile_batch: int = 8, progress: bool = True, amp: torch.dtype | None = None,
 ) -> Tensor:  # fmt: skip
     """``n`` samples of a run in model units, (n, C, *spatial): whole images or shapes in batches, or
-    stitched volumes (one seed each) for a patch model."""
+    stitched volumes (one seed each) for a patch model. ``amp``: the network under autocast to this dtype
+    (``volscore.amp.autocast``; the sampler's arithmetic stays float32)."""
     from tqdm.auto import tqdm
 
     settings.validate()
@@ -147,13 +149,12 @@ def sample_run_tensor(
         raise ValueError(f"shape must be {run.spatial_dims} positive sizes, got {size}")
     check_sample_memory(run, n, size, tile_batch)
     sigmas = run_sigmas(run, settings)
+    model = autocast(run.model, amp)
     if run.patch_size is None:  # a model of whole samples
-        return sample_images(
-            run.model, n, (run.channels, *size), settings, sigmas, seed=seed, progress=progress
-        )
+        return sample_images(model, n, (run.channels, *size), settings, sigmas, seed=seed, progress=progress)
     one = progress and n == 1  # one volume: a bar per level; several: a bar per volume
     vols = [
-        sample_volume(run.model, size, run.patch_size, run.coords, settings, sigmas, seed=seed + i,
+        sample_volume(model, size, run.patch_size, run.coords, settings, sigmas, seed=seed + i,
                       stitch=stitch, tile_batch=tile_batch, channels=run.channels, progress=one)
         for i in tqdm(range(n), desc="volumes", unit="volume", disable=not progress or n == 1)
     ]  # fmt: skip
@@ -191,7 +192,10 @@ def sample_run(run: Run, options: SampleOptions, settings: SamplerSettings) -> d
         require_mesh_support()
     t0 = time.monotonic()
     n = 1 if run.kind == "nifti" else options.n
-    x = sample_run_tensor(run, settings, n, options.shape, options.seed, options.stitch, options.tile_batch)
+    x = sample_run_tensor(
+        run, settings, n, options.shape, options.seed, options.stitch, options.tile_batch,
+        amp=inference_dtype(options.amp),
+    )  # fmt: skip
     if not torch.isfinite(x).all():
         bad = int((~torch.isfinite(x)).sum())
         raise FloatingPointError(
@@ -225,6 +229,7 @@ def sample_run(run: Run, options: SampleOptions, settings: SamplerSettings) -> d
         "sampler": settings.sampler,
         "levels": levels,
         "nfe": settings.network_evaluations(levels),
+        "amp": options.amp,
         "seconds": round(seconds, 2),
         "no_surface": no_surface,
     }

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from volscore.amp import autocast
 from volscore.options import DENOISE_CHAINS
 from volscore.sampling.stitch import PatchFn
 
@@ -44,20 +45,6 @@ def mirrored(model: PatchFn, flips: Sequence[int]) -> PatchFn:
             coords = coords.clone()
             coords[:, channels] = -coords[:, channels]
         return model(x, sigma, coords)
-
-    return patch_fn
-
-
-def autocast(model: PatchFn, dtype: torch.dtype | None) -> PatchFn:
-    """``model`` under ``torch.autocast`` to ``dtype`` (None: ``model`` itself), its output float32. The
-    preconditioner keeps its coefficients and skip sum in float32, so only the network's output F is rounded
-    (bf16: a relative 2^-8, times c_out ~ sigma)."""
-    if dtype is None:
-        return model
-
-    def patch_fn(x: Tensor, sigma: Tensor, coords: Tensor | None) -> Tensor:
-        with torch.autocast(x.device.type, dtype=dtype):
-            return model(x, sigma, coords).float()
 
     return patch_fn
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from volscore.amp import inference_dtype
 from volscore.data.nifti import (
     IntensityScaler,
     VolumeError,
@@ -228,7 +229,7 @@ def denoise_file(
             warnings.append(f"run fitted at sigma {run.data['sigma']:.4g}, this scan has {sigma_grid:.4g}")
     elif sigma_grid < sigma_min or (sigma_max is not None and sigma_grid > float(sigma_max)):
         warnings.append(f"sigma {sigma_grid:.4g} (model units) outside the run's [{sigma_min}, {sigma_max}]")
-    amp = torch.bfloat16 if options.amp == "bf16" else None
+    amp = inference_dtype(options.amp)
 
     def pipeline(y: np.ndarray) -> tuple[np.ndarray, float]:
         """Model units on the scan's grid -> denoised (background rule applied), and the clamped share."""

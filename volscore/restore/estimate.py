@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from volscore.denoise.estimators import autocast
+from volscore.amp import autocast
 from volscore.restore.operators import Operator
 from volscore.restore.posterior import PosteriorScore, posterior_sample, proximal_iterations
 from volscore.sampling.settings import SamplerSettings

@@ -13,6 +13,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from volscore.amp import inference_dtype
 from volscore.data.nifti import Volume, VolumeError, check_volume_output, load_volume, save_volume
 from volscore.data.sources import voxel_sizes
 from volscore.denoise.background import foreground_mask
@@ -188,7 +189,7 @@ def restore_file(
 
         how = SamplerSettings(sampler=method, steps=steps, sigma_max=hi, sigma_min=lo)
         sigmas = sampling_sigmas(how, lo, hi, steps)
-    amp = torch.bfloat16 if options.amp == "bf16" else None
+    amp = inference_dtype(options.amp)
     t = time.perf_counter()
     restored = restore_volume(
         run.model, operator, y.to(options.device), torch.from_numpy(init).to(options.device), noise_model,
