@@ -4,8 +4,8 @@
 
 (a) Throughput: seconds per megavoxel per network evaluation (NFE) of one stitched score over a whole volume
     (``StitchedScore``, shift mode, the way ``volscore sample`` calls it) against a plain batched pass of the
-    same model over as many voxels (tiles of the patch size in batches of 8, no stitching bookkeeping), in fp32
-    and under bf16 autocast, for several ``tile_batch`` sizes and with several volumes in one stitched call.
+    same model over as many voxels (tiles of the patch size in batches of 8, no stitching bookkeeping), in
+    fp32 and under bf16 autocast, for several ``tile_batch`` sizes and with several volumes in one call.
     Every row is timed ``--rounds`` times in turn with the others (so all see the same load); medians.
 (b) Quality under bf16: the same samples drawn in fp32 and in bf16 from the same seeds with the default
     sampler, scored as ``bench_samplers.py`` scores them: the bundled MNIST model (``--n`` digits: confident

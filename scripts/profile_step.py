@@ -70,9 +70,8 @@ def report(out: dict[str, Any]) -> None:
     ms = out["ms_per_step"]
     print(f"{out['dtype']}: {ms:.1f} ms of operator self time per step")
     for r in out["ops"]:
-        print(
-            f"  {r['op']:<42} {r['calls']:5d} calls  {r['self_ms_per_step']:8.2f} ms  {100 * r['self_ms_per_step'] / ms:5.1f} %"
-        )
+        pct = 100 * r["self_ms_per_step"] / ms
+        print(f"  {r['op']:<42} {r['calls']:5d} calls  {r['self_ms_per_step']:8.2f} ms  {pct:5.1f} %")
     print(
         f"convolutions {100 * out['share']['convolutions']:.1f} %, "
         f"dtype conversions {100 * out['share']['conversions']:.1f} % of the step"

@@ -11,8 +11,8 @@ import pytest
 from volscore.options import (
     BACKGROUND_RULES,
     CHECK_MODES,
-    INFERENCE_AMP,
     DENOISE_CHAINS,
+    INFERENCE_AMP,
     NOISE_MODELS,
     SELF_SUPERVISED_OBJECTIVES,
     BaselineOptions,
