@@ -1,0 +1,23 @@
+"""Smoke test for scripts/profile_step.py: one profiled bf16 DSM step of the small 3D preset; the report
+names the convolutions and their share, and the shares are fractions of the step."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "profile_step.py"
+
+
+@pytest.mark.slow
+def test_one_profiled_step_reports_the_convolutions(capsys) -> None:
+    spec = importlib.util.spec_from_file_location("profile_step", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.main(["--steps", "1", "--threads", "1", "--top", "40"])
+    ops = {r["op"] for r in out["ops"]}
+    assert "aten::convolution_backward" in ops and "aten::mkldnn_convolution" in ops
+    assert 0 < out["share"]["convolutions"] < 1 and 0 <= out["share"]["conversions"] < 1
+    assert "convolutions" in capsys.readouterr().out
