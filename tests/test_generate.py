@@ -195,6 +195,24 @@ def test_bf16_sampling_runs_the_network_in_bf16_and_stays_near_fp32(
     assert 0 < float(diff.max()) < 0.05 * float(fp32.abs().max())
 
 
+def test_volumes_sampled_in_one_chain_share_offsets_and_volume_0_is_the_lone_volume(tiny_run):
+    """volume_batch > 1: one chain for several volumes (tiles batched together); volume 0 equals the volume
+    sampled alone from the same seed, the others differ from it, and chunking covers every volume."""
+    run = Run.load(tiny_run)
+    kwargs = dict(shape=[12, 12, 12], seed=4, progress=False)
+    alone = sample_run_tensor(run, FAST, n=1, **kwargs)
+    joint = sample_run_tensor(run, FAST, n=3, volume_batch=2, **kwargs)
+    assert joint.shape == (3, 1, 12, 12, 12)
+    torch.testing.assert_close(joint[0], alone[0], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(joint[0], joint[1]) and not torch.allclose(joint[1], joint[2])
+    third = sample_run_tensor(run, FAST, n=1, **(kwargs | {"seed": 6}))
+    torch.testing.assert_close(
+        joint[2], third[0], atol=1e-5, rtol=1e-5
+    )  # the second chain starts at seed + 2
+    with pytest.raises(ValueError, match="volume_batch"):
+        sample_run_tensor(run, FAST, n=2, volume_batch=0, **kwargs)
+
+
 def test_sample_run_records_its_amp(tmp_path, tiny_mnist_run):
     record = sample_run(
         Run.load(tiny_mnist_run), SampleOptions(out=str(tmp_path / "g.png"), n=2, amp="bf16"), FAST
@@ -276,7 +294,7 @@ def fixed_memory(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("sampling started although the request cannot fit")
 
-    for name in ("sample_images", "sample_volume", "run_sigmas"):
+    for name in ("sample_images", "sample_volumes", "run_sigmas"):
         monkeypatch.setattr(generate, name, fail)
 
 
