@@ -273,7 +273,7 @@ def _status(argv) -> int:
         (["train", "--steps", "5", "--seed", "-1"], "--seed must be an integer in [0, 2^63 - 1]"),
         (["sample", "--steps", "0"], "--steps must be >= 2"),
         (["sample", "--seed", "-1"], "--seed must be an integer"),
-        (["sample", "--n", "0"], "--n and --tile-batch must be >= 1"),
+        (["sample", "--n", "0"], "--n, --tile-batch and --volume-batch must be >= 1"),
         (["sample", "--sigma-min", "nan"], "argument --sigma-min: must be a finite number"),
         (["noisy", "--fraction", "0"], "--fraction must be a finite number > 0"),
         (["noisy", "--fraction", "-0.1"], "--fraction must be a finite number > 0"),

@@ -59,10 +59,10 @@ def test_mnist_run_writes_a_grid_and_its_array(tmp_path, tiny_mnist_run):
 
 def test_nifti_run_writes_a_volume_in_intensity_units_and_a_montage(tmp_path, tiny_run):
     run = Run.load(tiny_run)
-    options = SampleOptions(out=str(tmp_path / "brain.nii.gz"), shape=[18, 17, 16], n=5, seed=2)
+    options = SampleOptions(out=str(tmp_path / "brain.nii.gz"), shape=[18, 17, 16], seed=2)
     record = sample_run(run, options, FAST)
     assert record["files"] == {"nii": str(tmp_path / "brain.nii.gz"), "png": str(tmp_path / "brain.png")}
-    assert record["n"] == 1  # one volume whatever n says
+    assert record["n"] == 1  # one volume unless --n says more
     img = nib.load(tmp_path / "brain.nii.gz")
     assert img.shape == (18, 17, 16) and img.get_data_dtype() == np.float32
     np.testing.assert_allclose(img.header.get_zooms(), ZOOMS)  # the run's voxel size
@@ -70,6 +70,22 @@ def test_nifti_run_writes_a_volume_in_intensity_units_and_a_montage(tmp_path, ti
     scaler = run.scaler()
     np.testing.assert_allclose(np.asarray(img.dataobj), scaler.inverse(model_units), rtol=1e-5, atol=1e-5)
     assert (tmp_path / "brain.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_nifti_run_with_n_writes_numbered_volumes_from_one_chain(tmp_path, tiny_run):
+    run = Run.load(tiny_run)
+    out = tmp_path / "brains.nii.gz"
+    options = SampleOptions(out=str(out), n=3, volume_batch=2, shape=[12, 12, 12], seed=4)
+    record = sample_run(run, options, FAST)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [f"brains_{i:03d}.{ext}" for i in range(3) for ext in ("nii.gz", "png")]
+    assert record["n"] == 3 and record["volume_batch"] == 2 and not out.exists()
+    first = nib.load(tmp_path / "brains_000.nii.gz").get_fdata()
+    alone = sample_run(run, SampleOptions(out=str(tmp_path / "one.nii.gz"), shape=[12, 12, 12], seed=4), FAST)
+    assert alone["n"] == 1  # a 3D run samples one volume unless --n says more
+    np.testing.assert_allclose(first, nib.load(tmp_path / "one.nii.gz").get_fdata(), atol=1e-4)
+    with pytest.raises(FileExistsError, match="brains_000.nii.gz"):  # all checked before sampling
+        sample_run(run, options, FAST)
 
 
 def test_nifti_suffix_is_added_to_a_bare_name(tmp_path, tiny_run):

@@ -186,16 +186,24 @@ def _outputs(run: Run, out: Path, options: SampleOptions) -> dict[str, Path]:
     if run.kind == "shapes":
         if out.suffix in (".png", ".gz", ".nii", ".npy") or (out.exists() and not out.is_dir()):
             raise OutputError(f"{out}: a shape run samples into a folder (e.g. --out shapes/), not a file")
-        files = {f"shape_{i:03d}": out / f"shape_{i:03d}.nii.gz" for i in range(options.n)}
+        n = options.count(run.kind)
+        files = {f"shape_{i:03d}": out / f"shape_{i:03d}.nii.gz" for i in range(n)}
         files |= {"npy": out / "samples.npy", "png": out / "shapes.png"}
         if options.mesh:
-            files |= {f"mesh_{i:03d}": out / f"shape_{i:03d}.obj" for i in range(options.n)}
+            files |= {f"mesh_{i:03d}": out / f"shape_{i:03d}.obj" for i in range(n)}
         return files
     if run.spatial_dims == 2:
         png = out if out.suffix == ".png" else out.with_suffix(".png")
         return {"png": png, "npy": png.with_suffix(".npy")}
     nii = out if out.name.endswith((".nii", ".nii.gz")) else out.with_suffix(".nii.gz")
-    return {"nii": nii, "png": nii.with_name(nii.name.split(".")[0] + ".png")}
+    stem, suffix = nii.name.split(".")[0], nii.name[len(nii.name.split(".")[0]) :]
+    n = options.count(run.kind)
+    if n == 1:
+        return {"nii": nii, "png": nii.with_name(stem + ".png")}
+    # several volumes: OUT_000.nii.gz, OUT_000.png, ...
+    names = {f"{i:03d}": f"{stem}_{i:03d}" for i in range(n)}
+    files = {f"nii_{k}": nii.with_name(name + suffix) for k, name in names.items()}
+    return files | {f"png_{k}": nii.with_name(name + ".png") for k, name in names.items()}
 
 
 def sample_run(run: Run, options: SampleOptions, settings: SamplerSettings) -> dict[str, Any]:
@@ -211,10 +219,10 @@ def sample_run(run: Run, options: SampleOptions, settings: SamplerSettings) -> d
 
         require_mesh_support()
     t0 = time.monotonic()
-    n = 1 if run.kind == "nifti" else options.n
+    n = options.count(run.kind)
     x = sample_run_tensor(
         run, settings, n, options.shape, options.seed, options.stitch, options.tile_batch,
-        amp=inference_dtype(options.amp),
+        amp=inference_dtype(options.amp), volume_batch=options.volume_batch,
     )  # fmt: skip
     if not torch.isfinite(x).all():
         bad = int((~torch.isfinite(x)).sum())
@@ -234,12 +242,14 @@ def sample_run(run: Run, options: SampleOptions, settings: SamplerSettings) -> d
     else:
         from volscore.data.nifti import save_nifti
 
-        vol = x[0, 0].numpy()
         scaler = run.scaler()
-        save_nifti(files["nii"], (scaler.inverse(vol) if scaler else vol).astype(np.float32),
-                   np.diag([*run.zooms, 1.0]))  # fmt: skip
-        # NIfTI arrays are (x, y, z): slicing x gives a sagittal view.
-        save_montage(x[0, 0].clamp(0, 1).numpy(), files["png"], axis_names=("sagittal", "coronal", "axial"))
+        for i in range(n):
+            key = "" if n == 1 else f"_{i:03d}"
+            vol = x[i, 0].numpy()
+            save_nifti(files[f"nii{key}"], (scaler.inverse(vol) if scaler else vol).astype(np.float32),
+                       np.diag([*run.zooms, 1.0]))  # fmt: skip
+            # NIfTI arrays are (x, y, z): slicing x gives a sagittal view.
+            save_montage(vol.clip(0, 1), files[f"png{key}"], axis_names=("sagittal", "coronal", "axial"))
     levels = len(run_sigmas(run, settings))
     return {
         "run": run.name,
@@ -250,6 +260,7 @@ def sample_run(run: Run, options: SampleOptions, settings: SamplerSettings) -> d
         "levels": levels,
         "nfe": settings.network_evaluations(levels),
         "amp": options.amp,
+        "volume_batch": options.volume_batch if run.kind == "nifti" else None,
         "seconds": round(seconds, 2),
         "no_surface": no_surface,
     }

@@ -40,7 +40,9 @@ class SampleOptions:
     """Where and how many samples ``volscore sample`` writes; the sampler itself is ``SamplerSettings``."""
 
     out: str = field(metadata=_opt("grid .png (2D), volume .nii.gz (3D) or folder (shapes)"))
-    n: int = field(default=64, metadata=_opt("2D and shapes: number of samples"))
+    n: int | None = field(
+        default=None, metadata=_opt("number of samples (default: 64 images or shapes, 1 volume)")
+    )
     shape: list[int] | None = field(
         default=None, metadata=_opt("spatial shape (default: the training image, shape or volume)", nargs="+")
     )
@@ -49,6 +51,10 @@ class SampleOptions:
         default="shift", metadata=_opt("3D patch models: patch stitching", choices=STITCH_MODES)
     )
     tile_batch: int = field(default=8, metadata=_opt("3D: tiles per network call (bounds memory)"))
+    volume_batch: int = field(
+        default=4,
+        metadata=_opt("3D, --n > 1: volumes sampled in one chain (their tiles share network calls)"),
+    )
     amp: str = field(
         default="off",
         metadata=_opt(
@@ -58,9 +64,16 @@ class SampleOptions:
     mesh: bool = field(default=False, metadata=_opt("shapes: also shape_XXX.obj (needs volscore[mesh])"))
     force: bool = field(default=False, metadata=_opt("replace existing outputs"))
 
+    def count(self, kind: str) -> int:
+        """Samples to draw for a run of ``kind``: --n, else 1 volume (nifti) or 64 images or shapes."""
+        return self.n if self.n is not None else 1 if kind == "nifti" else 64
+
     def validate(self) -> None:
-        if self.n < 1 or self.tile_batch < 1:
-            raise ValueError(f"--n and --tile-batch must be >= 1, got {self.n}, {self.tile_batch}")
+        if (self.n is not None and self.n < 1) or self.tile_batch < 1 or self.volume_batch < 1:
+            raise ValueError(
+                f"--n, --tile-batch and --volume-batch must be >= 1, got {self.n}, {self.tile_batch}, "
+                f"{self.volume_batch}"
+            )
         if self.stitch not in STITCH_MODES:
             raise ValueError(f"stitch must be one of {STITCH_MODES}, got {self.stitch!r}")
         if self.amp not in INFERENCE_AMP:
