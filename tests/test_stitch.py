@@ -15,6 +15,7 @@ from volscore.data.patches import coordinate_grid
 from volscore.metrics.seams import seam_score
 from volscore.noise import append_dims
 from volscore.sampling.stitch import (
+    LONE_TILE_SLOW_DH,
     StitchedScore,
     _tile_coords,
     axis_segments,
@@ -134,6 +135,25 @@ def test_shift_covers_every_voxel_exactly_once():
         assert torch.equal(out, torch.ones_like(x))
         assert torch.equal(counts, torch.ones(shape))
         assert n_evaluated == counts.numel()
+
+
+@pytest.mark.parametrize(
+    "size, batch", [(32, 2), (36, 1)], ids=["small-lone-tile-paired", "large-lone-tile-alone"]
+)
+def test_a_lone_tile_is_doubled_only_where_the_slow_kernel_would_take_it(size, batch):
+    """A lone tile with D * H <= LONE_TILE_SLOW_DH goes as a batch of two (PyTorch's slow N = 1 kernel); a
+    larger one goes alone (twice would double its cost). Either way the score is the tile's own."""
+    assert (32 * 32 <= LONE_TILE_SLOW_DH) and (36 * 36 > LONE_TILE_SLOW_DH)
+    batches = []
+
+    def pointwise(x, sigma, coords):
+        batches.append(x.shape[0])
+        return -x
+
+    x = torch.randn(1, 1, size, size, size, generator=torch.Generator().manual_seed(0))
+    out = StitchedScore(pointwise, size, stitch="fixed")(x, 1.0)
+    assert batches == [batch]
+    torch.testing.assert_close(out, -x)
 
 
 @pytest.mark.parametrize("mode", ["shift", "blend", "fixed"])

@@ -29,6 +29,9 @@ from volscore.machine import HEAP_SLACK, malloc_trim, rss_bytes
 from volscore.noise import as_sigma_batch
 from volscore.sampling.settings import STITCH_MODES
 
+# A lone tile with D * H at most this is evaluated as a batch of two (see _score_tiles).
+LONE_TILE_SLOW_DH = 20480 // 16
+
 # patch_fn(x (N, C, *p), sigma (N,), coords (N, d, *p) | None) -> score (N, C, *p)
 PatchFn = Callable[[Tensor, Tensor, Tensor | None], Tensor]
 
@@ -156,10 +159,13 @@ def _score_tiles(
 ) -> None:
     """Evaluate one batch of same-shape tiles and write their scores into ``out`` (in place)."""
     # PyTorch's CPU convolution takes its slow native kernel for a batch of one small input (ConvUtils.h,
-    # use_mkldnn: N == 1 and N*C*D*H <= 20480), 5-10x slower than oneDNN here: evaluating a lone tile twice
-    # is cheaper, and gives the same score for any network that treats samples independently.
+    # use_mkldnn: N == 1 and N*C*D*H <= 20480): for the small preset (16 channels at the top) a lone tile
+    # with D*H <= 20480 / 16 ran 2.8-4.3x slower than half a batch of two, so evaluating it twice is cheaper
+    # (and gives the same score for any network that treats samples independently). A larger lone tile
+    # runs at 1.05-1.5x half a pair in fp32 and 1.0-1.1x in bf16: evaluating it twice would double its
+    # cost, and the shift grid's merged end tiles are mostly alone in their shape (README, sampling speed).
     n = len(tiles)
-    if n == 1 and tile_batch >= 2 and xp.device.type == "cpu":
+    if n == 1 and tile_batch >= 2 and xp.device.type == "cpu" and size[0] * size[1] <= LONE_TILE_SLOW_DH:
         tiles = tiles * 2
     items = [item for item, _ in tiles]
     slices = [tuple(slice(a, a + s) for a, s in zip(start, size, strict=True)) for _, start in tiles]
