@@ -4,7 +4,7 @@
 
 (a) Throughput: seconds per megavoxel per network evaluation (NFE) of one stitched score over a whole volume
     (``StitchedScore``, shift mode, the way ``volscore sample`` calls it) against a plain batched pass of the
-    same model over as many voxels (tiles of the patch size in batches of 8, no stitching bookkeeping), in
+    same model over as many voxels (ceil(voxels / p^3) full tiles in batches of at most 8, no stitching), in
     fp32 and under bf16 autocast, for several ``tile_batch`` sizes and with several volumes in one call.
     Every row is timed ``--rounds`` times in turn with the others (so all see the same load); medians.
 (b) Quality under bf16: the same samples drawn in fp32 and in bf16 from the same seeds with the default
@@ -91,9 +91,10 @@ def throughput(run: Any, shape: list[int], tile_batches: list[int], volumes: int
     for dt in DTYPES:
         model = autocast(run.model, _dtype(dt))
 
-        def plain(model=model) -> None:  # as many voxels as the volume, in batches of 8 full tiles
-            for _ in range(-(-n_tiles // PLAIN_BATCH)):
-                model(tiles, sigma.expand(PLAIN_BATCH), tile_coords)
+        def plain(model=model) -> None:  # ceil(voxels / p^3) full tiles in batches of at most 8
+            for i in range(0, n_tiles, PLAIN_BATCH):
+                k = min(PLAIN_BATCH, n_tiles - i)
+                model(tiles[:k], sigma.expand(k), None if tile_coords is None else tile_coords[:k])
 
         rows[f"{dt} plain batched pass"] = plain
         for tb in tile_batches:
