@@ -27,7 +27,9 @@ from volscore.sampling.settings import SamplerSettings
 from volscore.sampling.table import run_sampler, sampling_sigmas
 
 IMAGE_BATCH = 64  # whole images or shapes sampled at once
-VOLUME_BATCH = 4  # stitched volumes sampled in one chain (their tiles share shapes and network calls)
+# Stitched volumes sampled in one chain. One: on the 2-core CPU two volumes per call cost 1.0-1.2x per voxel
+# (scripts/bench_sampling.py); larger batches may pay on GPUs (unmeasured).
+VOLUME_BATCH = 1
 # What a chain holds, for the memory estimate (float32): SAMPLE_COPIES sample-sized tensors (x, score, noise,
 # the previous step, the stitcher's sums and weights), and per batch item ACTIVATION_COPIES feature maps of
 # the network's first level for each of its channels.
@@ -114,9 +116,9 @@ def sample_volumes(
     """``n`` volumes of any ``shape`` (D, H, W) in one chain with the patch-stitched score: (n, C, D, H, W).
 
     Volume i draws its noise from seed + i; the tile offsets come from seed + 1 and are shared by the n
-    volumes, so their tiles have the same shapes and are batched together (on a CPU two 66 x 78 x 64 volumes
-    per call cost half as much per voxel as one: README, sampling throughput). With n = 1 this is one
-    volume's chain, and volume 0 of a joint chain is that volume.
+    volumes, so their tiles have the same shapes and go through the network together (bigger batches; on
+    the 2-core CPU no faster per voxel: README, sampling speed). With n = 1 this is one volume's chain, and
+    volume 0 of a joint chain is that volume.
     """
     from tqdm.auto import tqdm
 

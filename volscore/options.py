@@ -52,8 +52,8 @@ class SampleOptions:
     )
     tile_batch: int = field(default=8, metadata=_opt("3D: tiles per network call (bounds memory)"))
     volume_batch: int = field(
-        default=4,
-        metadata=_opt("3D, --n > 1: volumes sampled in one chain (their tiles share network calls)"),
+        default=1,
+        metadata=_opt("3D, --n > 1: volumes sampled in one chain (bigger network batches, for GPUs)"),
     )
     amp: str = field(
         default="off",
