@@ -5,21 +5,12 @@ tables, the pictures, the JSON); the numbers are the benchmark's business, not a
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_denoise.py"
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_denoise", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
+from script_loader import load_script
 
 
 def _cases() -> list[str]:
@@ -32,7 +23,7 @@ def _cases() -> list[str]:
 
 @pytest.mark.slow
 def test_quick_bench_reports_every_case(tiny_run: Path, tmp_path: Path, capsys) -> None:
-    bench = _bench()
+    bench = load_script("bench_denoise")
     results = tmp_path / "results"
     report = bench.main(
         ["--run", str(tiny_run), "--out", str(tmp_path / "out"), "--results", str(results), "--quick"]
@@ -83,7 +74,7 @@ def test_quick_bench_reports_every_case(tiny_run: Path, tmp_path: Path, capsys) 
 
 @pytest.mark.slow
 def test_denoiser_figures_per_case_and_level(tiny_run: Path) -> None:
-    figures = _bench().denoiser_figures(str(tiny_run), seed=0, quick=True)
+    figures = load_script("bench_denoise").denoiser_figures(str(tiny_run), seed=0, quick=True)
     assert list(figures) == _cases()
     for case in figures.values():
         assert list(case["levels"]) == ["gaussian 0.05", "gaussian 0.10"]

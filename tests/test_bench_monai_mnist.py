@@ -3,21 +3,17 @@ and scored, the table prints. The numbers are the benchmark's business, not a te
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_monai_mnist.py"
+from script_loader import load_script
 
 
 @pytest.mark.slow
 def test_quick_bench_reports_every_row(tmp_path: Path, capsys) -> None:
     pytest.importorskip("einops")  # MONAI's DiffusionModelUNet needs it: the bench extra
-    spec = importlib.util.spec_from_file_location("bench_monai_mnist", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench_monai_mnist")
     out = bench.main(["--minutes", "0.03", "--n", "8", "--out", str(tmp_path), "--threads", "1"])
     assert [r["nfe"] for r in out["rows"]] == [79, 49, 50, 1000]
     assert all(math.isfinite(r["fd"]) and 0 <= r["confident_fraction"] <= 1 for r in out["rows"])

@@ -6,25 +6,15 @@ themselves are the benchmark's business, not a test's.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_objectives3d.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("bench_objectives3d", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from script_loader import load_script
 
 
 @pytest.mark.slow
 def test_quick_run_reports_every_objective(tmp_path):
-    bench = _load()
+    bench = load_script("bench_objectives3d")
     lines: list[str] = []
     out = bench.main(["--quick", "--json", str(tmp_path / "bench.json")], log=lines.append)
 

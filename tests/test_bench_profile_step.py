@@ -3,19 +3,13 @@ names the convolutions and their share, and the shares are fractions of the step
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "profile_step.py"
+from script_loader import load_script
 
 
 @pytest.mark.slow
 def test_one_profiled_step_reports_the_convolutions(capsys) -> None:
-    spec = importlib.util.spec_from_file_location("profile_step", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("profile_step")
     out = bench.main(["--steps", "1", "--threads", "1", "--top", "40"])
     ops = {r["op"] for r in out["ops"]}
     assert "aten::convolution_backward" in ops and "aten::mkldnn_convolution" in ops

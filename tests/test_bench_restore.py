@@ -5,27 +5,18 @@ benchmark's business."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_restore.py"
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_restore", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
+from script_loader import load_script
 
 
 @pytest.mark.slow
 def test_quick_bench_reports_every_row(tiny_run: Path, tmp_path: Path, capsys) -> None:
     pytest.importorskip("skimage")
-    bench = _bench()
+    bench = load_script("bench_restore")
     results, raw = tmp_path / "results", tmp_path / "bench.json"
     report = bench.main(
         ["--run", str(tiny_run), "--quick", "--draws", "2", "--threads", "1", "--results", str(results)]

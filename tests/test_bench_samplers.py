@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_samplers.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("bench_samplers", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from script_loader import load_script
 
 
 def test_volume_rows_for_each_sampler_and_seed(tmp_path, tiny_run):
-    bench = _load()
+    bench = load_script("bench_samplers")
     argv = ["--volume-run", str(tiny_run), "--samplers", "heun", "dpm", "--nfe-index", "0"]
     result = bench.main([*argv, "--volume-seeds", "0", "1", "--threads", "1", "--out", str(tmp_path)])
     rows = result["volume"]

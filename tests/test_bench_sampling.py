@@ -5,26 +5,19 @@ JSON); the numbers are the benchmark's business."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_sampling.py"
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_sampling", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
+from script_loader import load_script
 
 
 @pytest.mark.slow
 def test_quick_bench_reports_every_row(tiny_run: Path, tmp_path: Path, capsys) -> None:
     raw = tmp_path / "bench.json"
-    out = _bench().main(["--volume-run", str(tiny_run), "--quick", "--threads", "1", "--json", str(raw)])
+    out = load_script("bench_sampling").main(
+        ["--volume-run", str(tiny_run), "--quick", "--threads", "1", "--json", str(raw)]
+    )
     rows = {r["row"]: r for r in out["throughput"]}
     for dtype in ("fp32", "bf16"):
         expected = ["plain batched pass", "stitched, tile_batch 2", "stitched, tile_batch 8",

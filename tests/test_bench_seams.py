@@ -6,28 +6,18 @@ and JSON); the numbers themselves are the benchmark's business, not a test's.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_seams.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("bench_seams", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from script_loader import load_script
 
 
 def test_trains_with_the_prior_recipe(tmp_path):
     from volscore.recipes import prior_config
 
-    bench = _load()
+    bench = load_script("bench_seams")
     args = bench.parse_args(["--quick"])
     cfg = bench.seam_config(args, tmp_path / "run")
     recipe = prior_config(str(tmp_path / "run"), spacing=6.0, patch_size=16, steps=2)
@@ -38,7 +28,7 @@ def test_trains_with_the_prior_recipe(tmp_path):
 
 @pytest.mark.slow
 def test_quick_run_reports_every_stitching(tmp_path):
-    bench = _load()
+    bench = load_script("bench_seams")
     lines: list[str] = []
     threads = torch.get_num_threads()
     out = bench.main(

@@ -4,20 +4,16 @@ numbers are the benchmark's business, not a test's."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_shapes.py"
+from script_loader import load_script
 
 
 @pytest.mark.slow
 def test_tiny_run_reports_every_metric(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("bench_shapes", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench_shapes")
     results = tmp_path / "results"
     # Split in two invocations, as a reader reruns one kind: the JSON keeps the other kind's figures.
     common = ["--minutes", "0.05", "--preset", "tiny", "--n", "4", "--num-sigmas", "3", "--n-steps-each", "1"]

@@ -6,25 +6,15 @@ themselves are the benchmark's business, not a test's.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_stitch.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("bench_stitch", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from script_loader import load_script
 
 
 @pytest.mark.slow
 def test_quick_run_reports_each_stitching(tmp_path):
-    bench = _load()
+    bench = load_script("bench_stitch")
     lines: list[str] = []
     argv = [
         "--quick",

@@ -6,27 +6,17 @@ JSON); the numbers themselves are the benchmark's business, not a test's.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_train_memory.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("bench_train_memory", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from script_loader import load_script
 
 
 @pytest.mark.slow
 def test_quick_run_reports_every_volume_size(tmp_path):
-    bench = _load()
+    bench = load_script("bench_train_memory")
     lines: list[str] = []
     threads = torch.get_num_threads()
     out = bench.main(["--quick", "--json", str(tmp_path / "bench.json")], log=lines.append)

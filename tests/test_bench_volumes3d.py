@@ -8,26 +8,16 @@ written); the numbers themselves are the benchmark's business, not a test's.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_volumes3d.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("bench_volumes3d", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from script_loader import load_script
 
 
 def test_smooth_volume_is_smooth_and_seeded():
-    bench = _load()
+    bench = load_script("bench_volumes3d")
     v = bench.smooth_volume(40, seed=3)
     assert v.shape == (40, 40, 40) and v.dtype.name == "float32"
     assert (v == bench.smooth_volume(40, seed=3)).all()
@@ -37,7 +27,7 @@ def test_smooth_volume_is_smooth_and_seeded():
 
 @pytest.mark.slow
 def test_quick_run_reports_every_measurement(tmp_path):
-    bench = _load()
+    bench = load_script("bench_volumes3d")
     lines: list[str] = []
     threads = torch.get_num_threads()
     out = bench.main(
@@ -68,7 +58,7 @@ def test_quick_run_reports_every_measurement(tmp_path):
 
 def test_old_flags_still_parse():
     """The README's reproduce-commands: the flags of the single script before the split."""
-    bench = _load()
+    bench = load_script("bench_volumes3d")
     args = bench.parse_args(["--threads", "1", "--skip-training", "--skip-seams", "--sample-modes", "shift",
                              "--no-malloc-row", "--sample-rounds", "2"])  # fmt: skip
     assert args.skip_training and args.skip_seams and args.sample_modes == ["shift"] and not args.malloc_row

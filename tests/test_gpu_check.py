@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,15 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from script_loader import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer on a machine without CUDA")
@@ -37,19 +30,19 @@ def test_without_cuda_it_says_so_and_exits_0(tmp_path):
 
 
 def test_stitched_step_runs_on_the_cpu():
-    result = _load().stitch_check(size=40, tile_batches=[4], device="cpu")
+    result = load_script("gpu_check").stitch_check(size=40, tile_batches=[4], device="cpu")
     assert result["size"] == 40 and result["tile_batch"]["4"]["seconds"] > 0
 
 
 @pytest.mark.slow
 def test_one_rank_ddp_gives_the_plain_gradients_on_gloo():
-    result = _load().ddp_one_rank_check("gloo", "cpu")
+    result = load_script("gpu_check").ddp_one_rank_check("gloo", "cpu")
     assert result["ok"], result
     assert set(result["objectives"]) == {"dsm auto", "ssm-vr exact", "ssm-vr forward"}
 
 
 def test_report_plumbing_with_the_gpu_checks_stubbed(tmp_path, monkeypatch):
-    gc = _load()
+    gc = load_script("gpu_check")
     monkeypatch.setattr(gc, "_device_info", lambda: {"gpu": "stub", "gpus": 1})
     rows = {
         f"volscore {name} {dtype}": {"sec_per_step": sec}
