@@ -60,6 +60,25 @@ def test_float64_round_trip(tmp_path):
     np.testing.assert_array_equal(np.asarray(back.dataobj), vol.data * 3.0)
 
 
+def test_save_volume_on_a_grid_of_its_own_writes_that_affine_and_keeps_the_header(tmp_path):
+    """affine=: another shape (a finer grid), that affine in qform and sform, the reference's units kept."""
+    src = _write(tmp_path / "in.nii.gz", _rng().normal(size=(5, 6, 7)))
+    vol = load_volume(src)
+    fine = AFFINE.copy()
+    fine[:3, 2] /= 5  # five times finer along the third axis
+    data = _rng().normal(size=(5, 6, 35)).astype(np.float32)
+    save_volume(tmp_path / "fine.nii.gz", data, vol, affine=fine)
+    back = nib.load(tmp_path / "fine.nii.gz")
+    assert back.shape == (5, 6, 35)
+    np.testing.assert_array_equal(back.affine, fine)
+    np.testing.assert_allclose(back.header.get_qform(), fine)
+    np.testing.assert_allclose(back.header.get_zooms(), (2.0, 2.0, 0.5))
+    assert back.header.get_xyzt_units() == vol.header.get_xyzt_units()
+    np.testing.assert_array_equal(np.asarray(back.dataobj), data)
+    with pytest.raises(VolumeError, match="differs from reference"):  # without affine: the reference's grid
+        save_volume(tmp_path / "wrong.nii.gz", data, vol)
+
+
 @pytest.mark.reliability
 @pytest.mark.parametrize("dtype", [np.uint8, np.int16])
 def test_integer_input_with_scaling_is_applied_and_not_reapplied_on_save(tmp_path, dtype):

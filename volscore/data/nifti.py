@@ -400,24 +400,31 @@ def same_file(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
 
-def save_volume(path: str | os.PathLike, data: Any, reference: Volume) -> None:
+def save_volume(
+    path: str | os.PathLike, data: Any, reference: Volume, affine: np.ndarray | None = None
+) -> None:
     """Write `data` (same shape as `reference`) as float32 NIfTI with the reference's affine and header.
 
     The header is copied, its data type set to float32 and scl_slope/scl_inter reset, so that float output
-    is never silently rescaled to the input's integer type. Refuses to overwrite the reference file.
+    is never silently rescaled to the input's integer type. Refuses to overwrite the reference file. With
+    ``affine``, `data` lies on a grid of its own (any shape, e.g. a super-resolved scan): that affine goes
+    into the qform and sform (with the reference's codes, or 1 where it had none) and sets the voxel sizes.
     """
     out = Path(path).expanduser()
     if same_file(out, reference.path):
         raise VolumeError(f"{out}: refusing to overwrite the input volume {reference.path}")
     array = _as_float32(data)
-    if array.shape != reference.data.shape:
+    if affine is None and array.shape != reference.data.shape:
         raise VolumeError(f"{out}: data shape {array.shape} differs from reference {reference.data.shape}")
     header = reference.header.copy()
     header.set_data_dtype(np.float32)
     header.set_slope_inter(1.0, 0.0)
     image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
-    img = image_class(array, reference.affine, header)
+    img = image_class(array, reference.affine if affine is None else affine, header)
     img.header.set_slope_inter(1.0, 0.0)
+    if affine is not None:
+        img.set_qform(affine, int(header["qform_code"]) or 1)
+        img.set_sform(affine, int(header["sform_code"]) or 1)
     _atomic_save(img, out)
 
 

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
 
@@ -42,21 +41,6 @@ def default_std_path(output: PathLike) -> Path:
     out = Path(output)
     stem, suffix = (out.name[:-7], ".nii.gz") if out.name.lower().endswith(".nii.gz") else (out.stem, ".nii")
     return out.with_name(f"{stem}_std{suffix}")
-
-
-def save_on_grid(path: Path, data: np.ndarray, reference: Volume, affine: np.ndarray) -> None:
-    """``data`` as float32 NIfTI on its own grid (``affine``), with the reference's header otherwise (units,
-    codes, description): the super-resolved volume's voxel sizes come from its affine."""
-    from volscore.data.nifti import _atomic_save  # the one atomic NIfTI writer
-
-    header = reference.header.copy()
-    header.set_data_dtype(np.float32)
-    image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
-    img = image_class(np.ascontiguousarray(data, dtype=np.float32), affine, header)
-    img.header.set_slope_inter(1.0, 0.0)
-    img.set_qform(affine, int(header["qform_code"]) or 1)
-    img.set_sform(affine, int(header["sform_code"]) or 1)
-    _atomic_save(img, path)
 
 
 def _noise(
@@ -211,7 +195,7 @@ def restore_file(
         warnings.append(check["message"])
 
     if options.task == "superres":
-        save_on_grid(dst, out, volume, affine)
+        save_volume(dst, out, volume, affine=affine)
     else:
         save_volume(dst, out, reference=volume)
     if std_path is not None and restored.std is not None:
@@ -219,7 +203,7 @@ def restore_file(
         if known is not None:
             std = np.where(known, 0.0, std)
         if options.task == "superres":
-            save_on_grid(std_path, std, volume, affine)
+            save_volume(std_path, std, volume, affine=affine)
         else:
             save_volume(std_path, std, reference=volume)
     return {
