@@ -80,6 +80,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--results-dir", type=Path, default=harness.SCRIPTS / "results", help="where the montages go"
     )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="instead: shift against the whole volume at once over these seeds, the run's default sampler",
+    )
 
 
 def apply_quick(args: argparse.Namespace) -> None:
@@ -90,6 +97,65 @@ def apply_quick(args: argparse.Namespace) -> None:
 def check(args: argparse.Namespace, error: Callable[[str], None]) -> None:
     if args.seam_levels < 2 or args.seam_steps_each < 1:
         error("--seam-levels must be >= 2, --seam-steps-each >= 1")
+    if args.seeds is not None and args.run is None:
+        error("--seeds needs --run (a trained 3D patch run, e.g. pretrained:mni152-prior)")
+
+
+def seed_average(args: argparse.Namespace, log: harness.Log) -> dict[str, Any]:
+    """The seam score of shift-stitched samples relative to the whole-volume sample of the same seed, over
+    ``args.seeds``, with the run's default sampler (one sample per seed and way; ``--run`` required)."""
+    import statistics
+
+    import torch
+
+    from volscore.data.patches import coordinate_grid
+    from volscore.generate import run_sigmas, sample_run_tensor
+    from volscore.run import Run
+    from volscore.sampling.langevin import randn_like
+    from volscore.sampling.settings import SamplerSettings
+    from volscore.sampling.table import run_sampler
+
+    run = Run.load(args.run)
+    settings = SamplerSettings().for_kind(run.kind)
+    sigmas = run_sigmas(run, settings)
+    shape, patch = run.sample_shape, run.patch_size
+    grid = coordinate_grid(shape)[None] if run.coords else None
+    rows = []
+    for seed in args.seeds:
+        shift = sample_run_tensor(
+            run, settings, 1, shape, seed=seed, tile_batch=args.tile_batch, progress=False
+        )
+        gen = torch.Generator().manual_seed(seed)  # what sample_volumes draws for volume 0, untiled
+        x = float(sigmas[0]) * randn_like(torch.empty(1, run.channels, *shape), [gen])
+        whole = run_sampler(settings, lambda x, s: run.model(x, s, grid), x, sigmas, generator=[gen])
+        row = {"seed": seed, "shift": _seam(shift[0, 0], patch), "whole": _seam(whole[0, 0], patch)}
+        row["ratio"] = row["shift"] / row["whole"]
+        rows.append(row)
+        log(
+            f"  seed {seed}: shift {row['shift']:.3f}, whole volume {row['whole']:.3f}, "
+            f"ratio {row['ratio']:.3f}"
+        )
+    ratios = [r["ratio"] for r in rows]
+    sd = statistics.stdev(ratios) if len(ratios) > 1 else float("nan")
+    return {
+        "run": args.run, "sampler": settings.sampler, "levels": len(sigmas), "shape": shape, "rows": rows,
+        "ratio_mean": statistics.fmean(ratios), "ratio_sd": sd, "ratio_se": sd / math.sqrt(len(ratios)),
+    }  # fmt: skip
+
+
+def report_seeds(out: dict[str, Any], log: harness.Log) -> None:
+    rows = [[r["seed"], f"{r['shift']:.3f}", f"{r['whole']:.3f}", f"{r['ratio']:.3f}"] for r in out["rows"]]
+    rows.append(["mean (sd, standard error)", "", "", f"{out['ratio_mean']:.3f} ({out['ratio_sd']:.3f}, "
+                 f"{out['ratio_se']:.3f})"])  # fmt: skip
+    log(
+        f"Seams over seeds: {out['run']}, {out['sampler']} with {out['levels']} levels, "
+        f"{tuple(out['shape'])}:"
+    )
+    log(
+        harness.markdown_table(
+            ["seed", "shift: seam score", "whole volume: seam score", "shift / whole"], rows
+        )
+    )
 
 
 def measure(args: argparse.Namespace, tmp: Path, log: harness.Log) -> dict[str, Any]:
@@ -275,6 +341,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None, log: harness.Log = print) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.seeds is not None:
+        return harness.run_bench(
+            "bench_seams", args, lambda _: {"seeds": seed_average(args, log)},
+            lambda out: report_seeds(out["seeds"], log), log,
+        )  # fmt: skip
     return harness.run_bench(
         "bench_seams",
         args,

@@ -46,3 +46,18 @@ def test_quick_run_reports_every_stitching(tmp_path):
     text = "\n".join(lines)
     assert "| stitching |" in text and "| one denoiser pass" in text and "torch" in text
     assert set(json.loads((tmp_path / "bench.json").read_text())) >= {"machine", "seams"}
+
+
+@pytest.mark.slow
+def test_seeds_compare_shift_with_the_whole_volume_per_seed(tiny_run, tmp_path):
+    """--seeds: one shift sample and one whole-volume sample per seed, their seam scores and ratio, and the
+    mean with its spread; refused without --run."""
+    bench = load_script("bench_seams")
+    out = bench.main(["--run", str(tiny_run), "--seeds", "0", "1", "--threads", "1"], log=lambda *a: None)
+    seeds = out["seeds"]
+    assert [r["seed"] for r in seeds["rows"]] == [0, 1]
+    assert all(r["ratio"] == pytest.approx(r["shift"] / r["whole"]) for r in seeds["rows"])
+    assert seeds["ratio_mean"] == pytest.approx(sum(r["ratio"] for r in seeds["rows"]) / 2)
+    assert math.isfinite(seeds["ratio_sd"]) and seeds["ratio_se"] <= seeds["ratio_sd"]
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--seeds", "0"])
