@@ -87,6 +87,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="instead: shift against the whole volume at once over these seeds, the run's default sampler",
     )
+    p.add_argument(
+        "--shape", type=int, nargs=3, default=None, help="--seeds: volume shape (default: the run's)"
+    )
 
 
 def apply_quick(args: argparse.Namespace) -> None:
@@ -118,7 +121,7 @@ def seed_average(args: argparse.Namespace, log: harness.Log) -> dict[str, Any]:
     run = Run.load(args.run)
     settings = SamplerSettings().for_kind(run.kind)
     sigmas = run_sigmas(run, settings)
-    shape, patch = run.sample_shape, run.patch_size
+    shape, patch = list(args.shape or run.sample_shape), run.patch_size
     grid = coordinate_grid(shape)[None] if run.coords else None
     rows = []
     for seed in args.seeds:

@@ -53,7 +53,8 @@ def test_seeds_compare_shift_with_the_whole_volume_per_seed(tiny_run, tmp_path):
     """--seeds: one shift sample and one whole-volume sample per seed, their seam scores and ratio, and the
     mean with its spread; refused without --run."""
     bench = load_script("bench_seams")
-    out = bench.main(["--run", str(tiny_run), "--seeds", "0", "1", "--threads", "1"], log=lambda *a: None)
+    argv = ["--run", str(tiny_run), "--seeds", "0", "1", "--shape", "40", "40", "40", "--threads", "1"]
+    out = bench.main(argv, log=lambda *a: None)  # 40 = 16 + 24: one grid boundary per axis
     seeds = out["seeds"]
     assert [r["seed"] for r in seeds["rows"]] == [0, 1]
     assert all(r["ratio"] == pytest.approx(r["shift"] / r["whole"]) for r in seeds["rows"])
