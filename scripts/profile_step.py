@@ -6,7 +6,9 @@ The same step as ``bench_perf.py`` (small 3D preset, patch 32^3, batch 4, the tr
 warmed up, then ``--steps`` steps under ``torch.profiler`` (CPU activity, input shapes recorded). Printed:
 self time per operator summed over the steps (share of the step), the time in dtype conversions
 (``aten::to`` / ``_to_copy`` / ``copy_``), and the convolutions' share, which is the part a faster kernel
-cannot shrink further than the measured conv3d peak allows.
+cannot shrink further than the measured conv3d peak allows. ``--by-layer`` also records input shapes and
+prints every convolution (forward and backward separately) with its time and achieved GFLOP/s, which finds
+the layers that run far from the peak.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--steps", type=int, default=4, help="profiled steps (after 2 warm-up steps)")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="bf16")
     p.add_argument("--top", type=int, default=25, help="operators printed")
+    p.add_argument("--by-layer", action="store_true", help="each convolution by input shape, with GFLOP/s")
     args = p.parse_args(argv)
     return harness.run_bench("profile_step", args, lambda _: measure(args), report)
 
@@ -41,7 +44,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     for _ in range(2):
         with _autocast(args.dtype):
             step(args.dtype)
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=False) as prof:
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=args.by_layer) as prof:
         for _ in range(args.steps):
             with _autocast(args.dtype):
                 step(args.dtype)
@@ -63,7 +66,39 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "conversions": sum(r["self_ms_per_step"] for r in ops if r["op"] in CONVERSIONS) / per_step,
         "convolutions": sum(r["self_ms_per_step"] for r in ops if r["op"] in CONVOLUTIONS) / per_step,
     }
-    return {"dtype": args.dtype, "ms_per_step": per_step, "share": share, "ops": ops[: args.top]}
+    out = {"dtype": args.dtype, "ms_per_step": per_step, "share": share, "ops": ops[: args.top]}
+    if args.by_layer:
+        out["layers"] = _layers(prof.key_averages(group_by_input_shape=True), args.steps)
+    return out
+
+
+def _layers(events: Any, steps: int) -> list[dict[str, Any]]:
+    """Convolutions by input shape: ms per step and GFLOP/s. Forward: 2 Cin Cout k^3 N V_out; backward: twice
+    that (the input's and the weight's gradients; the first layer's input needs none, so its rate is an
+    upper bound). V_out comes from the backward's output-gradient shape (a strided layer's is V_in / 8)."""
+    import math
+
+    convs = [e for e in events if e.key in ("aten::mkldnn_convolution", "aten::convolution_backward")]
+    out_voxels = {}  # (input shape, weight shape) -> output voxels per sample
+    for e in convs:
+        if e.key == "aten::convolution_backward" and len(e.input_shapes) > 2:
+            grad, x, w = e.input_shapes[:3]
+            out_voxels[(tuple(x), tuple(w))] = math.prod(grad[2:])
+    rows = []
+    for e in convs:
+        forward = e.key == "aten::mkldnn_convolution"
+        x, w = e.input_shapes[0:2] if forward else e.input_shapes[1:3]
+        if len(x) != 5 or len(w) != 5:
+            continue
+        voxels = out_voxels.get((tuple(x), tuple(w)), math.prod(x[2:]))
+        calls = max(1, e.count // steps)
+        flops = 2 * w[0] * w[1] * math.prod(w[2:]) * x[0] * voxels * (1 if forward else 2) * calls
+        ms = e.self_cpu_time_total / 1e3 / steps
+        rows.append({
+            "op": "forward" if forward else "backward", "input": list(x), "weight": list(w),
+            "calls_per_step": calls, "ms_per_step": ms, "gflops_per_s": flops / ms / 1e6 if ms > 0 else None,
+        })  # fmt: skip
+    return sorted(rows, key=lambda r: -r["ms_per_step"])
 
 
 def report(out: dict[str, Any]) -> None:
@@ -72,6 +107,10 @@ def report(out: dict[str, Any]) -> None:
     for r in out["ops"]:
         pct = 100 * r["self_ms_per_step"] / ms
         print(f"  {r['op']:<42} {r['calls']:5d} calls  {r['self_ms_per_step']:8.2f} ms  {pct:5.1f} %")
+    for r in out.get("layers", []):
+        rate = "" if r["gflops_per_s"] is None else f"{r['gflops_per_s']:7.1f} GFLOP/s"
+        print(f"  {r['op']:<8} input {str(r['input']):<22} weight {str(r['weight']):<20} "
+              f"x{r['calls_per_step']}  {r['ms_per_step']:7.2f} ms  {rate}")  # fmt: skip
     print(
         f"convolutions {100 * out['share']['convolutions']:.1f} %, "
         f"dtype conversions {100 * out['share']['conversions']:.1f} % of the step"
