@@ -109,19 +109,9 @@ def sample_monai(channels: tuple[int, int, int], weights: str, kind: str, n: int
     return ((x + 1) / 2).clamp(0, 1)
 
 
-def score(x: Any) -> dict[str, Any]:
-    from volscore.data.mnist import load_mnist
-    from volscore.metrics.classifier import load_or_train_classifier
-    from volscore.metrics.mnist import cache_dir, evaluate_mnist_samples
-
-    train_x, train_y = load_mnist("train")
-    test_x, _ = load_mnist("test")
-    clf = load_or_train_classifier(cache_dir() / "mnist_classifier.pt", train_x, train_y)
-    m = evaluate_mnist_samples(x, clf, train_x, test_x)
-    return {**m, "class_range": [min(m["class_histogram"]), max(m["class_histogram"])]}
-
-
 def measure(args: argparse.Namespace) -> dict[str, Any]:
+    from bench_samplers import score_mnist
+
     from volscore.config import TrainConfig
     from volscore.nets.presets import build_model
     from volscore.options import BASELINE_RECIPES
@@ -163,7 +153,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         x = sample_monai(channels, weights, kind, args.n, args.seed)
         seconds = time.perf_counter() - t0
-        r = score(x)
+        r = score_mnist(x)
         rows.append({**r, "pipeline": "MONAI DDPM", "sampler": f"{kind.upper()} {nfe} steps", "nfe": nfe,
                      "seconds": seconds})  # fmt: skip
         print(rows[-1]["pipeline"], rows[-1]["sampler"], r["confident_fraction"], r["fd"], flush=True)

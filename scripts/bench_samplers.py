@@ -44,28 +44,34 @@ def settings_for(sampler: str, levels: int, **extra: Any):
     return SamplerSettings(**(kw | extra))
 
 
-def mnist_quality(run, settings, n: int, seed: int) -> dict[str, Any]:
-    """Sample ``n`` MNIST digits with ``settings`` and score them (``evaluate_mnist_samples``)."""
+def score_mnist(x: Any) -> dict[str, Any]:
+    """MNIST samples (n, 1, 28, 28) in [0, 1] scored by ``evaluate_mnist_samples`` against the test split
+    (the cached classifier), with the class range."""
     from volscore.data.mnist import load_mnist
-    from volscore.generate import run_sigmas, sample_run_tensor
     from volscore.metrics.classifier import load_or_train_classifier
     from volscore.metrics.mnist import cache_dir, evaluate_mnist_samples
 
-    t0 = time.perf_counter()
-    x = sample_run_tensor(run, settings, n=n, seed=seed, progress=False)
-    seconds = time.perf_counter() - t0
     train_x, train_y = load_mnist("train")
     test_x, _ = load_mnist("test")
     clf = load_or_train_classifier(cache_dir() / "mnist_classifier.pt", train_x, train_y)
     m = evaluate_mnist_samples(x, clf, train_x, test_x)
+    return {**m, "class_range": [min(m["class_histogram"]), max(m["class_histogram"])]}
+
+
+def mnist_quality(run, settings, n: int, seed: int) -> dict[str, Any]:
+    """Sample ``n`` MNIST digits with ``settings`` and score them (``score_mnist``)."""
+    from volscore.generate import run_sigmas, sample_run_tensor
+
+    t0 = time.perf_counter()
+    x = sample_run_tensor(run, settings, n=n, seed=seed, progress=False)
+    seconds = time.perf_counter() - t0
     levels = len(run_sigmas(run, settings))  # the run's own levels where the settings give none
     return {
-        **m,
+        **score_mnist(x),
         "sampler": settings.sampler,
         "levels": levels,
         "nfe": settings.network_evaluations(levels),
         "seconds": seconds,
-        "class_range": [min(m["class_histogram"]), max(m["class_histogram"])],
         "samples": x,
     }
 

@@ -130,6 +130,7 @@ def throughput(run: Any, shape: list[int], tile_batches: list[int], volumes: int
 def quality(args: argparse.Namespace) -> dict[str, list[dict]]:
     """(b): fp32 seed s, fp32 seed s + offset (the yardstick), bf16 seed s; default sampler."""
     import torch
+    from bench_samplers import score_mnist
 
     from volscore.generate import sample_run_tensor
     from volscore.metrics.volumes import volume_sample_quality
@@ -146,7 +147,7 @@ def quality(args: argparse.Namespace) -> dict[str, list[dict]]:
             t0 = time.perf_counter()
             x = sample_run_tensor(run, settings, n=args.n, seed=seed, progress=False, amp=amp)
             seconds = time.perf_counter() - t0
-            m = mnist_metrics(x)
+            m = score_mnist(x)
             out["mnist"].append({"dtype": dt, "seed": seed, "seconds": seconds, **m})
             print(f"mnist {dt} seed {seed}: confident {100 * m['confident_fraction']:.1f} % FD {m['fd']:.2f} "
                   f"{seconds:.0f} s", flush=True)  # fmt: skip
@@ -165,18 +166,6 @@ def quality(args: argparse.Namespace) -> dict[str, list[dict]]:
         out["volume"].append(row)
         print(f"volume {dt} seed {seed}: {row}", flush=True)
     return out
-
-
-def mnist_metrics(x: Any) -> dict[str, Any]:
-    from volscore.data.mnist import load_mnist
-    from volscore.metrics.classifier import load_or_train_classifier
-    from volscore.metrics.mnist import cache_dir, evaluate_mnist_samples
-
-    train_x, train_y = load_mnist("train")
-    test_x, _ = load_mnist("test")
-    clf = load_or_train_classifier(cache_dir() / "mnist_classifier.pt", train_x, train_y)
-    m = evaluate_mnist_samples(x, clf, train_x, test_x)
-    return {**m, "class_range": [min(m["class_histogram"]), max(m["class_histogram"])]}
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
