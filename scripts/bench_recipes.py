@@ -23,6 +23,7 @@ import harness  # noqa: E402
 
 # What differs between the recipes (sigmas, weighting, learning rate: volscore baseline's --recipe table);
 # everything else is the TrainConfig default or the kind's data settings.
+from volscore.config import PRESET_NAMES  # noqa: E402
 from volscore.options import BASELINE_RECIPES as RECIPES  # noqa: E402
 
 KINDS: dict[str, dict[str, Any]] = {
@@ -40,18 +41,26 @@ KINDS: dict[str, dict[str, Any]] = {
 }
 
 
-def train_all(kind: str, minutes: float, out: Path, recipes: list[str], lr: float | None) -> dict[str, str]:
-    """Train every recipe at once, each in its own process with one thread, for ``minutes`` each."""
+def variants(recipes: list[str], presets: list[str] | None) -> dict[str, dict[str, Any]]:
+    """Every recipe, crossed with every preset when presets are given: {name: TrainConfig overrides}."""
+    if not presets:
+        return {name: dict(RECIPES[name]) for name in recipes}
+    return {f"{name}-{preset}": {**RECIPES[name], "preset": preset} for name in recipes for preset in presets}
+
+
+def train_all(
+    kind: str, minutes: float, out: Path, runs: dict[str, dict[str, Any]], lr: float | None
+) -> None:
+    """Train every variant at once, each in its own process with one thread, for ``minutes`` each."""
     from volscore.config import TrainConfig
 
     out.mkdir(parents=True, exist_ok=True)  # the children's logs go here
     configs = []
-    for name in recipes:
-        kwargs = {**KINDS[kind], **RECIPES[name], "out": str(out / f"{kind}_{name}"), "minutes": minutes}
+    for name, overrides in runs.items():
+        kwargs = {**KINDS[kind], **overrides, "out": str(out / f"{kind}_{name}"), "minutes": minutes}
         configs.append(TrainConfig(**(kwargs | ({"lr": lr} if lr is not None else {}))))
-    logs = [out / f"{kind}_{name}.log" for name in recipes]
+    logs = [out / f"{kind}_{name}.log" for name in runs]
     harness.train_in_children(configs, parallel=True, threads=1, logs=logs)
-    return {name: str(out / f"{kind}_{name}") for name in recipes}
 
 
 def evaluate(kind: str, run_dir: str, samplers: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
@@ -89,6 +98,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--kind", choices=sorted(KINDS), default="mnist")
     p.add_argument("--minutes", type=float, default=20.0)
     p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    p.add_argument("--presets", nargs="+", choices=PRESET_NAMES, help="cross recipes with these net sizes")
     p.add_argument("--lr", type=float, help="override the kind's learning rate")
     p.add_argument("--n", type=int, default=500, help="MNIST samples per setting")
     p.add_argument("--skip-train", action="store_true")
@@ -99,9 +109,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
-    runs = {name: str(out / f"{args.kind}_{name}") for name in args.recipes}
+    todo = variants(args.recipes, args.presets)
     if not args.skip_train:
-        runs = train_all(args.kind, args.minutes, out, args.recipes, args.lr)
+        train_all(args.kind, args.minutes, out, todo, args.lr)
+    runs = {name: str(out / f"{args.kind}_{name}") for name in todo}
     samplers = (
         [{"sampler": "edm", "steps": 40}, {"sampler": "annealed", "n_steps_each": 3, "step_lr_scale": 3.0}]
         if args.kind == "mnist"

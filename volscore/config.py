@@ -16,7 +16,7 @@ SIGMA_DISTS = ("loguniform", "geometric", "lognormal")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 WEIGHTINGS = ("sigma2", "edm")
 PRECONDITIONERS = ("edm", "ncsnv2")  # volscore.nets.precond.Preconditioner kinds
-PRESET_NAMES = ("tiny", "small", "base")  # volscore.nets.presets.PRESETS (a test checks they agree)
+PRESET_NAMES = ("tiny", "small", "base", "deep")  # volscore.nets.presets.PRESETS (a test checks they agree)
 LR_SCHEDULES = ("constant", "cosine")
 # Seeds are non-negative (numpy refuses others) and leave room for the offsets added to them (seed + i for
 # sample i, seed + 1_000_003 r for shard r) below torch's 2^64.

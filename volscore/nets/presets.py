@@ -4,6 +4,8 @@ Parameter counts (1 image channel; 3D with 3 coordinate channels), printed by ``
     tiny   2D ~17 k,   3D ~45 k    tests only
     small  2D ~0.34 M, 3D ~0.82 M  MNIST, quick 3D denoisers
     base   2D ~1.1 M,  3D ~3.0 M   longer 3D runs
+    deep   2D ~1.2 M,  3D ~3.1 M   small's width with a fourth level: a larger receptive field at about
+                                   small's cost per voxel (denoisers on 48^3 patches)
 A checkpoint stores ``model_args(...)`` (ints, floats, bools, strings, lists) and rebuilds the model with
 ``build_model_from_args``: no pickled classes, loadable with ``torch.load(..., weights_only=True)``.
 """
@@ -34,6 +36,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     "base": dict(
         channels=[32, 64, 128],  # twice the width of small: about 4x the compute
+        num_res_blocks=1,
+        emb_dim=128,
+        num_groups=8,
+        dropout=0.0,
+    ),
+    "deep": dict(
+        channels=[16, 32, 64, 128],  # small plus a level at 1/8: sizes must divide by 8 (48^3 -> 6^3)
         num_res_blocks=1,
         emb_dim=128,
         num_groups=8,
