@@ -56,9 +56,10 @@ def check(args: argparse.Namespace, error: Callable[[str], Any]) -> None:
 
 
 def _dtype(name: str):
-    import torch
+    """The autocast dtype of a ``DTYPES`` row name (its "fp32" is ``--amp off``)."""
+    from volscore.amp import inference_dtype
 
-    return torch.bfloat16 if name == "bf16" else None
+    return inference_dtype("off" if name == "fp32" else name)
 
 
 def _timed(fn: Callable[[], Any]) -> float:

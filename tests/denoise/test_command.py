@@ -178,7 +178,7 @@ def test_cli_denoise_with_an_absurd_sigma_writes_nothing(tmp_path, tiny_run, cap
     argv = ["denoise", str(src), str(dst), "--run", str(tiny_run), "--check", "off", "--png", str(png)]
     assert main([*argv, "--sigma", "1e30"]) == 2
     err = capsys.readouterr().err
-    assert f"volscore denoise: error: {src}: the denoiser produced" in err and "sigma 1e+30" in err, err
+    assert f"volscore denoise: error: {src}: sigma 1e+30 (given;" in err and "trained at" in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["noisy.nii.gz"]  # no output, record or picture
     for bad in ("0", "-1", "nan", "inf"):  # refused by name before the scan is read
         assert main([*argv, "--sigma", bad]) == 2

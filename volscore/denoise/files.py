@@ -36,6 +36,7 @@ from volscore.outputs import check_outputs, same_path
 from volscore.run import Run
 
 RECORD_NAME = "denoise_record.json"
+SIGMA_BEYOND_TRAINED = 10.0  # a noise level this many times the run's sigma_max is refused, not warned about
 
 
 def choose_scaler(
@@ -227,6 +228,13 @@ def denoise_file(
             raise ValueError("a self-supervised run knows only its scan's noise level: use steps=0 (Tweedie)")
         if abs(sigma_grid / float(run.data["sigma"]) - 1) > 0.1:
             warnings.append(f"run fitted at sigma {run.data['sigma']:.4g}, this scan has {sigma_grid:.4g}")
+    elif sigma_max is not None and sigma_grid > SIGMA_BEYOND_TRAINED * float(sigma_max):
+        # Far above training the network returns its guess of a mean volume: finite, and not the scan.
+        raise ValueError(
+            f"{src}: sigma {sigma_in:.4g} ({sigma_source}; {sigma_grid:.4g} in model units) is over "
+            f"{SIGMA_BEYOND_TRAINED:g}x the largest noise level the run {run.name} was trained at "
+            f"({sigma_max}); its output would not be this scan denoised. Check --sigma (input units)"
+        )
     elif sigma_grid < sigma_min or (sigma_max is not None and sigma_grid > float(sigma_max)):
         warnings.append(f"sigma {sigma_grid:.4g} (model units) outside the run's [{sigma_min}, {sigma_max}]")
     amp = inference_dtype(options.amp)
