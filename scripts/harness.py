@@ -400,30 +400,36 @@ def run_child(fn: Callable[..., Any], *args: Any, **options: Any) -> Any:
 
 
 def run_children(children: Sequence[Callable[[], Child]], parallel: bool) -> list[Any]:
-    """Start the children at once (``parallel``) or one after the other; their results in order. Every child
-    is waited for before a failure is raised, so none is left running."""
-    results: list[Any] = []
+    """Start the children at once (``parallel``) or one after the other; their results in order. A child
+    that fails is reported on stderr as soon as it ends (the others may run for an hour yet); every child is
+    waited for before the failures are raised, so none is left running."""
+    from multiprocessing.connection import wait
+
+    results: dict[int, Any] = {}
     errors: list[str] = []
 
-    def collect(child: Child) -> None:
+    def collect(i: int, child: Child) -> None:
         try:
-            results.append(child.result())
+            results[i] = child.result()
         except ChildError as exc:
-            results.append(None)
+            print(f"{exc}\n(the other children go on)", file=sys.stderr, flush=True)
+            results[i] = None
             errors.append(str(exc))
 
     if parallel:
-        for child in [start() for start in children]:
-            collect(child)
+        running = dict(enumerate(start() for start in children))
+        while running:
+            ready = wait([c.conn for c in running.values()])
+            for i in [i for i, c in running.items() if c.conn in ready]:
+                collect(i, running.pop(i))
     else:
-        for start in children:
-            collect(start())
+        for i, start in enumerate(children):
+            collect(i, start())
     if errors:
         raise ChildError("\n".join(errors))
-    return results
+    return [results[i] for i in range(len(children))]
 
 
-# -- training in children -------------------------------------------------------------------------------
 def train_config(cfg: Any) -> dict[str, Any]:
     """(Child side.) Train ``cfg`` with ``volscore.recipes.train_or_resume``; the run's step and time."""
     from volscore.checkpoint import CHECKPOINT_NAME, load_checkpoint

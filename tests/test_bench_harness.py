@@ -106,3 +106,39 @@ def test_children_report_results_errors_and_their_own_peak_rss():
     assert 64 < first["peak_mib"] < 700
     with pytest.raises(h.ChildError, match="the child's own error"):
         h.run_child(fail)
+
+
+def sleep_then_touch(path: str, seconds: float) -> str:
+    import time
+
+    time.sleep(seconds)
+    Path(path).write_text(repr(time.time()))
+    return path
+
+
+@pytest.mark.slow
+def test_a_failing_child_is_said_at_once_and_raised_after_the_others(tmp_path, monkeypatch):
+    import io
+    import time
+
+    h = _load()
+    said: list[tuple[float, str]] = []
+
+    class Stamped(io.StringIO):
+        def write(self, text: str) -> int:
+            said.append((time.time(), text))
+            return len(text)
+
+    monkeypatch.setattr(h.sys, "stderr", Stamped())
+    marker = tmp_path / "slow_done"
+    with pytest.raises(h.ChildError, match="the child's own error"):
+        h.run_children(
+            [
+                lambda: h.start_child(sleep_then_touch, str(marker), 6.0, threads=1),  # first, still running
+                lambda: h.start_child(fail, threads=1),
+            ],
+            parallel=True,
+        )
+    slow_end = float(marker.read_text())  # the slow child was waited for, not left running
+    failure = [t for t, text in said if "the child's own error" in text and "children go on" in text]
+    assert failure and failure[0] < slow_end  # said while the first child was still running

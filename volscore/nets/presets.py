@@ -5,7 +5,7 @@ Parameter counts (1 image channel; 3D with 3 coordinate channels), printed by ``
     small  2D ~0.34 M, 3D ~0.82 M  MNIST, quick 3D denoisers
     base   2D ~1.1 M,  3D ~3.0 M   longer 3D runs
     deep   2D ~1.2 M,  3D ~3.1 M   small's width with a fourth level: a larger receptive field at about
-                                   small's cost per voxel (denoisers on 48^3 patches)
+                                   small's cost per voxel (sizes divisible by 8; scripts/bench_denoiser_nets)
 A checkpoint stores ``model_args(...)`` (ints, floats, bools, strings, lists) and rebuilds the model with
 ``build_model_from_args``: no pickled classes, loadable with ``torch.load(..., weights_only=True)``.
 """
