@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--out", default="runs/bench_samplers")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    from volscore.plots import save_image_grid
     from volscore.run import Run
 
     out = Path(args.out)
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for sampler in args.samplers:
             for i in args.nfe_index:
                 r = mnist_quality(run, settings_for(sampler, LEVELS[sampler][i]), args.n, args.seed)
-                r.pop("samples")
+                save_image_grid(r.pop("samples")[:64], out / f"mnist_{sampler}_{r['nfe']}nfe.png")
                 result["mnist"].append(r)
                 print(
                     f"mnist {sampler:>8} L={r['levels']:>3} NFE={r['nfe']:>3}: "
@@ -140,7 +141,39 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         flush=True,
                     )
     (out / "bench_samplers.json").write_text(json.dumps(result, indent=2))
+    plot_curves(result, out)
     return result
+
+
+CURVES = {  # PNG name: (result part, metric, y label, scale)
+    "mnist_confident.png": ("mnist", "confident_fraction", "confident >= 0.9 (%)", 100.0),
+    "mnist_fd.png": ("mnist", "fd", "Frechet distance (test)", 1.0),
+    "volume_ssim.png": ("volume", "ssim", "SSIM against the template", 1.0),
+    "volume_noise.png": ("volume", "noise_ratio", "noise / template's", 1.0),
+}
+
+
+def curves(rows: list[dict[str, Any]], metric: str, scale: float = 1.0) -> dict[str, tuple[list, list]]:
+    """Per sampler, the metric (mean over seeds) against network evaluations, in increasing NFE."""
+    points: dict[str, dict[int, list[float]]] = {}
+    for r in rows:
+        points.setdefault(r["sampler"], {}).setdefault(r["nfe"], []).append(scale * r[metric])
+    return {
+        name: (sorted(by_nfe), [sum(by_nfe[k]) / len(by_nfe[k]) for k in sorted(by_nfe)])
+        for name, by_nfe in points.items()
+    }
+
+
+def plot_curves(result: dict[str, Any], out: Path) -> list[Path]:
+    """Quality against network evaluations, one line per sampler (``CURVES``), for the parts measured."""
+    from volscore.plots import save_curves
+
+    written = []
+    for name, (part, metric, label, scale) in CURVES.items():
+        if result[part]:
+            series = curves(result[part], metric, scale)
+            written.append(save_curves(series, out / name, "network evaluations", label, log_x=True))
+    return written
 
 
 if __name__ == "__main__":

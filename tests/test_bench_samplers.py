@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from script_loader import load_script
 
 
@@ -16,3 +17,20 @@ def test_volume_rows_for_each_sampler_and_seed(tmp_path, tiny_run):
     assert [r["nfe"] for r in rows] == [2 * 5 - 1] * 2 + [10] * 2  # Heun 2L - 1 at L = 5, DPM L = 10
     assert all(-1 <= r["ssim"] <= 1 and r["noise_ratio"] > 0 for r in rows)
     assert json.loads((tmp_path / "bench_samplers.json").read_text())["volume"] == rows
+    # one PNG curve per volume metric (no MNIST part was measured, so none of its curves)
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["volume_noise.png", "volume_ssim.png"]
+
+
+def test_curves_average_seeds_per_sampler_in_nfe_order():
+    bench = load_script("bench_samplers")
+    rows = [
+        {"sampler": "dpm", "nfe": 35, "ssim": 0.5},
+        {"sampler": "dpm", "nfe": 18, "ssim": 0.3},
+        {"sampler": "dpm", "nfe": 35, "ssim": 0.6},
+        {"sampler": "heun", "nfe": 35, "ssim": 0.4},
+    ]
+    curves = bench.curves(rows, "ssim", scale=10.0)
+    assert list(curves) == ["dpm", "heun"]
+    assert curves["dpm"][0] == [18, 35]
+    assert curves["dpm"][1] == pytest.approx([3.0, 5.5])  # the mean of the two seeds at 35
+    assert curves["heun"][0] == [35] and curves["heun"][1] == pytest.approx([4.0])

@@ -57,6 +57,20 @@ def test_save_loss_curve(tmp_path: Path) -> None:
     assert png_size(out)[0] > 300
 
 
+def test_save_curves(tmp_path: Path) -> None:
+    series = {"K flips": ([10.0, 20.0, 40.0], [35.3, 35.4, 35.5]), "overlap": ([5.0, 10.0], [35.2, 35.3])}
+    out = plots.save_curves(series, tmp_path / "c.png", "seconds", "PSNR (dB)", log_x=True,
+                            references={"BM4D": 37.06}, title="hold-out")  # fmt: skip
+    width, height = png_size(out)
+    assert 300 < width < 2000 and 200 < height < 2000 and only_file(tmp_path) == out
+    # the reference line is drawn: the same curves without it give another picture
+    bare = plots.save_curves(series, tmp_path / "b.png", "seconds", "PSNR (dB)", log_x=True, title="hold-out")
+    assert bare.read_bytes() != out.read_bytes()
+    with pytest.raises(ValueError, match="'bad': x and y differ"):
+        plots.save_curves({"bad": ([1.0, 2.0], [1.0])}, tmp_path / "bad.png", "x", "y")
+    assert not (tmp_path / "bad.png").exists()
+
+
 def test_save_montage(tmp_path: Path) -> None:
     vol = torch.rand(9, 12, 15)
     one = plots.save_montage(vol, tmp_path / "one.png")

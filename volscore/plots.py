@@ -8,7 +8,7 @@ half-written image.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -146,6 +146,37 @@ def save_loss_curve(
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
+    return _save_figure(fig, path)
+
+
+def save_curves(
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    path: Path | str,
+    xlabel: str,
+    ylabel: str,
+    log_x: bool = False,
+    references: Mapping[str, float] | None = None,
+    title: str | None = None,
+) -> Path:
+    """One marked line per named series of (x, y) points (e.g. quality against cost), and a dashed horizontal
+    line per reference value (e.g. the competitor's or the input's figure), on one axis."""
+    fig = _new_figure(6.0, 4.0)
+    ax = fig.add_subplot()
+    for label, (xs, ys) in series.items():
+        x, y = _to_numpy(xs).astype(np.float64).ravel(), _to_numpy(ys).astype(np.float64).ravel()
+        if x.shape != y.shape:
+            raise ValueError(f"series {label!r}: x and y differ in length: {x.shape} vs {y.shape}")
+        ax.plot(x, y, marker="o", lw=1.5, label=label)
+    for i, (label, value) in enumerate((references or {}).items()):
+        ax.axhline(value, ls="--", lw=1.0, color=f"C{len(series) + i}", label=label)
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
     return _save_figure(fig, path)
 
 
