@@ -104,7 +104,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="runs/bench_samplers")
+    p.add_argument(
+        "--plot", nargs="+", metavar="JSON", help="only draw the curves of earlier results (.json/.jsonl)"
+    )
     args = p.parse_args(argv)
+    if args.plot:
+        merged = load_results(args.plot)
+        plot_curves(merged, Path(args.out))
+        return merged
     torch.set_num_threads(args.threads)
     from volscore.plots import save_image_grid
     from volscore.run import Run
@@ -162,6 +169,20 @@ def curves(rows: list[dict[str, Any]], metric: str, scale: float = 1.0) -> dict[
         name: (sorted(by_nfe), [sum(by_nfe[k]) / len(by_nfe[k]) for k in sorted(by_nfe)])
         for name, by_nfe in points.items()
     }
+
+
+def load_results(paths: list[str]) -> dict[str, Any]:
+    """Earlier results merged: ``bench_samplers.json`` files (their mnist and volume rows) and JSON-lines
+    files of volume rows, one per line."""
+    merged: dict[str, Any] = {"mnist": [], "volume": []}
+    for path in map(Path, paths):
+        if path.suffix == ".jsonl":
+            merged["volume"] += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        else:
+            data = json.loads(path.read_text())
+            for part in merged:
+                merged[part] += data.get(part, [])
+    return merged
 
 
 def plot_curves(result: dict[str, Any], out: Path) -> list[Path]:

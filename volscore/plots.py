@@ -170,7 +170,12 @@ def save_curves(
     for i, (label, value) in enumerate((references or {}).items()):
         ax.axhline(value, ls="--", lw=1.0, color=f"C{len(series) + i}", label=label)
     if log_x:
+        from matplotlib.ticker import LogFormatter
+
         ax.set_xscale("log")
+        # plain numbers (20, 50, 100), not 2 x 10^1, at the 1-2-5 ticks
+        ax.xaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+        ax.xaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
