@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from volscore.amp import autocast
-from volscore.options import DENOISE_CHAINS
+from volscore.options import DENOISE_CHAINS, DENOISE_OVERLAP
 from volscore.sampling.stitch import PatchFn
 
 
@@ -62,7 +62,7 @@ def tweedie_denoise(
     score_sigma: float | None = None,
     ensemble: int = 1,
     flip_axes: Sequence[int] = (0, 1, 2),
-    overlap: float = 0.5,
+    overlap: float = DENOISE_OVERLAP,
     amp: torch.dtype | None = None,
 ) -> Tensor:
     """One Tweedie step D(y) = y + sigma^2 s(y, sigma) over a whole (D, H, W) volume in model units.
@@ -135,7 +135,7 @@ def annealed_denoise(
     stitch: str = "shift",
     tile_batch: int = 8,
     generator: torch.Generator | None = None,
-    overlap: float = 0.5,
+    overlap: float = DENOISE_OVERLAP,
 ) -> Tensor:
     """Start at the scan (x = y, already at level sigma), anneal down to sigma_min, finish with Tweedie.
 
