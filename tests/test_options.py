@@ -125,7 +125,7 @@ def test_denoise_quality_options_accepted():
         DenoiseOptions(run="r", **changes).validate()
     DenoiseOptions(self_supervised=True, init="pretrained:t1-denoiser", spacing="auto").validate()
     defaults = DenoiseOptions(run="r")  # one pass on the scan's grid, as before; the check warns
-    assert (defaults.spacing, defaults.ensemble, defaults.overlap, defaults.amp) == ("native", 1, 0.25, "off")
+    assert (defaults.spacing, defaults.ensemble, defaults.overlap, defaults.amp) == ("native", 1, 0.5, "off")
     assert defaults.check == "warn" and defaults.ensemble_axes == [0, 1, 2] and defaults.init is None
 
 

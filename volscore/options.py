@@ -24,9 +24,9 @@ SPACING_RULES = ("native", "auto")  # or a spacing in mm: ``denoise.spacing``
 INFERENCE_AMP = ("off", "bf16")  # --amp of sample, denoise and restore (network under autocast)
 # What ``volscore denoise`` does when its self-check (``denoise.check``) fails.
 CHECK_MODES = ("off", "warn", "shrink", "refuse")
-# Blend overlap of the Tweedie pass, chosen by the curve of PSNR against time (bench_denoise_curves, README):
-# 0.25 takes half the time of 0.5 for 0.03 dB; 0.125 is no faster, 0.75 no better at 5.7x the time.
-DENOISE_OVERLAP = 0.25
+# Blend overlap of the Tweedie pass (bench_denoise_curves, README): on the 96^3 hold-out 0.25 takes half the
+# time of 0.5 for 0.03 dB, but on a small 4 x 4 x 5 mm scan it cost 0.13-0.21 dB; 0.75 is no better at 5.7x.
+DENOISE_OVERLAP = 0.5
 
 
 def _opt(help: str, **meta: Any) -> dict[str, Any]:
