@@ -141,6 +141,23 @@ def load_cases(names: tuple[str, ...] = CASES, quick: bool = False, log: Any = p
     return cases
 
 
+def noisy_scan(
+    case: Case, noise: str, fraction: float, seed: int, path: Path | None = None
+) -> tuple[float, Any]:
+    """The case's clean volume with ``add_noise`` of sd ``fraction`` x its reference level (seeded: the same
+    noisy volume in every bench that asks), saved as NIfTI with the case's affine to ``path`` if given;
+    (sigma, noisy)."""
+    import nibabel as nib
+
+    from volscore.corrupt import add_noise
+
+    sigma = fraction * case.reference_level
+    noisy = add_noise(case.clean, sigma, noise, seed=seed)
+    if path is not None:
+        nib.save(nib.Nifti1Image(noisy, case.affine), path)
+    return sigma, noisy
+
+
 def _crop_text(crop: tuple[slice, ...]) -> str:
     return ", ".join(f"{s.start}:{s.stop}" for s in crop)
 
@@ -216,9 +233,7 @@ def denoiser_figures(run_spec: str, seed: int = 0, quick: bool = False) -> dict[
     scan's reference level), PSNR of the noisy input and of volscore's Tweedie step (K = 1, default options,
     ``check="warn"``), SSIM, seconds of the denoising and whether the self-check flagged the result. No BM4D:
     cheap enough for the model card (tens of seconds). ``quick``: central 40^3 blocks (tests)."""
-    import nibabel as nib
 
-    from volscore.corrupt import add_noise
     from volscore.metrics import psnr, ssim
     from volscore.options import DenoiseOptions
     from volscore.run import Run
@@ -230,10 +245,8 @@ def denoiser_figures(run_spec: str, seed: int = 0, quick: bool = False) -> dict[
             r, clean = case.reference_level, case.clean
             levels: dict[str, Any] = {}
             for noise, fraction in GAUSSIAN_LEVELS:
-                sigma = fraction * r
-                noisy = add_noise(clean, sigma, noise, seed=seed)
                 src = Path(tmp) / f"{case.name}_{noise}_{fraction:.2f}.nii.gz"
-                nib.save(nib.Nifti1Image(noisy, case.affine), src)
+                sigma, noisy = noisy_scan(case, noise, fraction, seed, src)
                 options = DenoiseOptions(run=run_spec, sigma=str(sigma), noise=noise, seed=seed, check="warn")
                 x, rec, extra = run_volscore(src, Path(tmp) / f"out_{src.name}", options, run=run)
                 check = extra["check"]
@@ -293,11 +306,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
-    import nibabel as nib
     import numpy as np
     from scipy import ndimage
 
-    from volscore.corrupt import add_noise
     from volscore.data.sources import voxel_sizes
     from volscore.denoise import estimate_sigma, estimate_sigma_rician, foreground_mask
     from volscore.denoise.spacing import target_zooms, trained_zooms
@@ -333,11 +344,9 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
 
         for noise, fraction in case.settings():
             name = _setting_name(noise, fraction)
-            sigma = fraction * r
-            noisy = add_noise(clean, sigma, noise, seed=args.seed)
             stem = f"{case.name}_{noise}_{fraction:.2f}"
             noisy_path = out / f"noisy_{stem}.nii.gz"
-            nib.save(nib.Nifti1Image(noisy, case.affine), noisy_path)
+            sigma, noisy = noisy_scan(case, noise, fraction, args.seed, noisy_path)
             head = foreground_mask(noisy)
             try:
                 if noise == "rician":

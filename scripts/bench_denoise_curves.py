@@ -24,11 +24,9 @@ import harness  # noqa: E402
 
 
 def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    import nibabel as nib
     import numpy as np
-    from bench_denoise import DEFAULT_RUN, load_cases, run_volscore
+    from bench_denoise import DEFAULT_RUN, load_cases, noisy_scan, run_volscore
 
-    from volscore.corrupt import add_noise
     from volscore.metrics import psnr
     from volscore.options import DenoiseOptions
     from volscore.run import Run
@@ -37,10 +35,8 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     run = Run.load(run_spec)
     (case,) = load_cases(("holdout",), quick=args.quick)
     r, clean = case.reference_level, case.clean
-    sigma = args.fraction * r
-    noisy = add_noise(clean, sigma, "gaussian", seed=args.seed)
     src = tmp / "noisy.nii.gz"
-    nib.save(nib.Nifti1Image(noisy, case.affine), src)
+    sigma, noisy = noisy_scan(case, "gaussian", args.fraction, args.seed, src)
     common = dict(run=run_spec, sigma=str(sigma), noise="gaussian", seed=args.seed, check="off")
 
     def one(name: str, **options: Any) -> dict[str, Any]:

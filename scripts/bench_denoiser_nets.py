@@ -64,9 +64,8 @@ def bm4d_figures(seed: int, quick: bool = False) -> dict[str, Any]:
     same seed: per case and level, PSNR and seconds."""
     import bm4d
     import numpy as np
-    from bench_denoise import GAUSSIAN_LEVELS, _setting_name, load_cases
+    from bench_denoise import GAUSSIAN_LEVELS, _setting_name, load_cases, noisy_scan
 
-    from volscore.corrupt import add_noise
     from volscore.metrics import psnr
 
     out: dict[str, Any] = {}
@@ -74,9 +73,9 @@ def bm4d_figures(seed: int, quick: bool = False) -> dict[str, Any]:
         r, clean = case.reference_level, case.clean
         levels = {}
         for noise, fraction in GAUSSIAN_LEVELS:
-            noisy = add_noise(clean, fraction * r, noise, seed=seed)
+            sigma, noisy = noisy_scan(case, noise, fraction, seed)
             t = time.perf_counter()
-            x = np.asarray(bm4d.bm4d(noisy, fraction * r), np.float32)
+            x = np.asarray(bm4d.bm4d(noisy, sigma), np.float32)
             levels[_setting_name(noise, fraction)] = {
                 "psnr": round(psnr(x, clean, r), 2),
                 "seconds": round(time.perf_counter() - t, 2),

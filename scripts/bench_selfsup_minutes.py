@@ -23,10 +23,8 @@ import harness  # noqa: E402
 
 
 def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    import nibabel as nib
-    from bench_denoise import CASES, load_cases, run_volscore
+    from bench_denoise import CASES, load_cases, noisy_scan, run_volscore
 
-    from volscore.corrupt import add_noise
     from volscore.metrics import psnr
     from volscore.options import DenoiseOptions
 
@@ -34,10 +32,8 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     cases: dict[str, Any] = {}
     for case in load_cases(tuple(args.cases or CASES[:1]), quick=args.quick):
         r, clean = case.reference_level, case.clean
-        sigma = args.fraction * r
-        noisy = add_noise(clean, sigma, "gaussian", seed=args.seed)
         src = tmp / f"{case.name}.nii.gz"
-        nib.save(nib.Nifti1Image(noisy, case.affine), src)
+        sigma, noisy = noisy_scan(case, "gaussian", args.fraction, args.seed, src)
         common = dict(sigma=str(sigma), noise="gaussian", seed=args.seed, check="warn")
         rows: list[dict[str, Any]] = [{"fit": "none (noisy input)", "psnr": round(psnr(noisy, clean, r), 2)}]
         if init is not None:  # the starting model used as it is
