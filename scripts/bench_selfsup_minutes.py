@@ -7,8 +7,8 @@ For each case of ``bench_denoise`` (default the template's 96^3 hold-out block) 
 its reference level (seeded as there), ``volscore denoise --self-supervised --minutes M`` (Noise2Score on the
 noisy scan; ``--init`` a trained run to fine-tune, default the bundled ``pretrained:t1-denoiser``; ``--init
 ''`` fits from scratch), one fit per M, through ``denoise_file`` as a user's call would go; beside it the
-noisy input and the ``--init`` model used as it is (one Tweedie pass, no fit). Why: issue #15 asks how the
-self-supervised fit compares with BM4D within 10 fit minutes, as a function of the fit time.
+noisy input, the ``--init`` model used as it is (one Tweedie pass, no fit) and BM4D. Why: issue #15 asks how
+the self-supervised fit compares with BM4D within 10 fit minutes, as a function of the fit time.
 """
 
 from __future__ import annotations
@@ -50,6 +50,12 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 "psnr": round(psnr(x, clean, r), 2), "flagged": extra["check"]["flagged"],
             })  # fmt: skip
             print(rows[-1], flush=True)
+        if not args.no_bm4d:  # the peer, on the same noisy volume, told the true sigma
+            import bm4d
+            import numpy as np
+
+            x = np.asarray(bm4d.bm4d(noisy, sigma), np.float32)
+            rows.append({"fit": "BM4D (no fit)", "psnr": round(psnr(x, clean, r), 2)})
         cases[case.name] = {"title": case.title, "fraction": args.fraction, "rows": rows}
     return {"init": init, "cases": cases}
 
@@ -73,6 +79,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--init", default="pretrained:t1-denoiser", help="run to fine-tune ('' : from scratch)")
     p.add_argument("--cases", nargs="+", choices=CASES, help="scans (default: the hold-out)")
     p.add_argument("--fraction", type=float, default=0.05, help="noise sd, x the scan's reference level")
+    p.add_argument("--no-bm4d", action="store_true", help="leave BM4D out (it needs the bench extra)")
     p.add_argument("--quick", action="store_true", help="central 40^3 blocks (tests)")
     harness.add_common_flags(p, threads=2)
     args = p.parse_args(argv)
