@@ -7,11 +7,14 @@ For each model and sampler, samples are drawn at about 10, 18, 35, 80 and 280 ne
 L x n_steps_each + 1, predictor-corrector L x 2) and scored:
 - MNIST (``--mnist-run``): confident fraction, class range and Frechet distance against the *test* split
   (reported) and against the training split (``fd_train``: the only figure to choose settings by);
+- a whole-shape model (``--shapes-run``, trained on ``shapes:KIND``; ``--shapes-n`` shapes per setting):
+  1-NNA, coverage and MMD against as many held-out reference shapes, single components and empty samples
+  (``volscore.metrics.evaluate_shapes``, as ``bench_shapes.py`` scores them);
 - a 3D template model sampled with stitching (``--volume-run``, e.g. ``runs/pretrained/mni152-prior``; one
   whole volume per seed of ``--volume-seeds``): SSIM, noise ratio and histogram distance against the training
   volume (``volscore.metrics.volumes.volume_sample_quality``).
-Whole 3D shapes are not measured here yet (``bench_shapes.py`` scores shape samples). Writes
-``bench_samplers.json``.
+``--amp bf16`` runs the shapes' network under bf16 autocast (the sampler's arithmetic stays float32). Writes
+``bench_samplers.json``, PNG curves of each metric against NFE and a sheet per MNIST or shapes setting.
 """
 
 from __future__ import annotations
@@ -76,6 +79,30 @@ def mnist_quality(run, settings, n: int, seed: int) -> dict[str, Any]:
     }
 
 
+def shapes_quality(run, settings, n: int, seed: int, amp: torch.dtype | None = None) -> dict[str, Any]:
+    """``n`` whole shapes of a ``shapes:KIND`` run scored against the first ``n`` held-out reference shapes
+    of its kind and size (1-NNA is centred on 50 % only for sets of equal size) and its training shapes."""
+    from volscore.data.shapes import make_shapes
+    from volscore.generate import run_sigmas, sample_run_tensor
+    from volscore.metrics import evaluate_shapes
+
+    if run.data.get("kind") != "shapes":
+        kind = run.data.get("kind")
+        raise ValueError(f"--shapes-run {run.name}: not a run of whole shapes (kind {kind!r})")
+    kind, size = run.data["shape_kind"], int(run.data["size"])
+    t0 = time.perf_counter()
+    x = sample_run_tensor(run, settings, n=n, seed=seed, progress=False, amp=amp)
+    seconds = time.perf_counter() - t0
+    train, _ = make_shapes(kind, size=size, seed=int(run.data.get("seed", 0)), split="train")
+    reference, _ = make_shapes(kind, n=n, size=size, seed=int(run.data.get("seed", 0)), split="reference")
+    levels = len(run_sigmas(run, settings))
+    return {
+        **evaluate_shapes(x, reference, train, seed=seed),
+        "sampler": settings.sampler, "levels": levels, "nfe": settings.network_evaluations(levels),
+        "seconds": seconds, "samples": x,
+    }  # fmt: skip
+
+
 def volume_quality(run, settings, seed: int) -> dict[str, Any]:
     """One whole stitched volume at the run's shape, scored against its (resampled) training volume."""
     from volscore.generate import sample_run_tensor
@@ -96,6 +123,8 @@ def volume_quality(run, settings, seed: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mnist-run", help="a trained MNIST run (volscore train --data mnist)")
+    p.add_argument("--shapes-run", help="a trained whole-shape run (volscore train --data shapes:KIND)")
+    p.add_argument("--shapes-n", type=int, default=100, help="shapes per setting (<= 200 reference shapes)")
     p.add_argument("--volume-run", help="a trained 3D patch run, e.g. runs/pretrained/mni152-prior")
     p.add_argument("--volume-seeds", nargs="+", type=int, default=[0], help="one volume per seed")
     p.add_argument("--samplers", nargs="+", default=list(LEVELS), choices=list(LEVELS))
@@ -103,6 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--n", type=int, default=500, help="MNIST samples per setting")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--amp", choices=("off", "bf16"), default="off", help="shapes: the network under autocast")
     p.add_argument("--out", default="runs/bench_samplers")
     p.add_argument(
         "--plot", nargs="+", metavar="JSON", help="only draw the curves of earlier results (.json/.jsonl)"
@@ -113,12 +143,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         plot_curves(merged, Path(args.out))
         return merged
     torch.set_num_threads(args.threads)
-    from volscore.plots import save_image_grid
+    from volscore.amp import inference_dtype
+    from volscore.plots import save_image_grid, save_shape_sheet
     from volscore.run import Run
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result: dict[str, Any] = {"args": vars(args), "mnist": [], "volume": []}
+    result: dict[str, Any] = {"args": vars(args), "mnist": [], "shapes": [], "volume": []}
     if args.mnist_run:
         run = Run.load(args.mnist_run)
         for sampler in args.samplers:
@@ -132,6 +163,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     f"FD {r['fd']:.2f} (floor {r['fd_floor']:.2f}) fd_train {r['fd_train']:.2f} "
                     f"classes {100 * r['class_range'][0]:.1f}-{100 * r['class_range'][1]:.1f} % "
                     f"{r['seconds']:.0f} s",
+                    flush=True,
+                )
+    if args.shapes_run:
+        run = Run.load(args.shapes_run)
+        for sampler in args.samplers:
+            for i in args.nfe_index:
+                settings = settings_for(sampler, LEVELS[sampler][i])
+                r = shapes_quality(run, settings, args.shapes_n, args.seed, inference_dtype(args.amp))
+                save_shape_sheet(r.pop("samples")[:36], out / f"shapes_{sampler}_{r['nfe']}nfe.png", nrow=6)
+                result["shapes"].append(r)
+                print(
+                    f"shapes {sampler:>8} L={r['levels']:>3} NFE={r['nfe']:>3}: 1-NNA "
+                    f"{100 * r['one_nna']:.1f} % (floor {100 * r['floor_one_nna']:.1f} %) "
+                    f"COV {r['coverage']:.2f} (floor {r['floor_coverage']:.2f}) "
+                    f"one component {100 * r['connected_fraction']:.0f} % "
+                    f"empty {100 * r['empty_fraction']:.0f} % {r['seconds']:.0f} s",
                     flush=True,
                 )
     if args.volume_run:
@@ -155,6 +202,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 CURVES = {  # PNG name: (result part, metric, y label, scale)
     "mnist_confident.png": ("mnist", "confident_fraction", "confident >= 0.9 (%)", 100.0),
     "mnist_fd.png": ("mnist", "fd", "Frechet distance (test)", 1.0),
+    "shapes_1nna.png": ("shapes", "one_nna", "1-NNA against held-out shapes (%)", 100.0),
+    "shapes_connected.png": ("shapes", "connected_fraction", "single component (%)", 100.0),
     "volume_ssim.png": ("volume", "ssim", "SSIM against the template", 1.0),
     "volume_noise.png": ("volume", "noise_ratio", "noise / template's", 1.0),
 }
@@ -172,9 +221,9 @@ def curves(rows: list[dict[str, Any]], metric: str, scale: float = 1.0) -> dict[
 
 
 def load_results(paths: list[str]) -> dict[str, Any]:
-    """Earlier results merged: ``bench_samplers.json`` files (their mnist and volume rows) and JSON-lines
-    files of volume rows, one per line."""
-    merged: dict[str, Any] = {"mnist": [], "volume": []}
+    """Earlier results merged: ``bench_samplers.json`` files (their mnist, shapes and volume rows) and
+    JSON-lines files of volume rows, one per line."""
+    merged: dict[str, Any] = {"mnist": [], "shapes": [], "volume": []}
     for path in map(Path, paths):
         if path.suffix == ".jsonl":
             merged["volume"] += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -191,7 +240,7 @@ def plot_curves(result: dict[str, Any], out: Path) -> list[Path]:
 
     written = []
     for name, (part, metric, label, scale) in CURVES.items():
-        if result[part]:
+        if result.get(part):
             series = curves(result[part], metric, scale)
             written.append(save_curves(series, out / name, "network evaluations", label, log_x=True))
     return written

@@ -34,3 +34,25 @@ def test_curves_average_seeds_per_sampler_in_nfe_order():
     assert curves["dpm"][0] == [18, 35]
     assert curves["dpm"][1] == pytest.approx([3.0, 5.5])  # the mean of the two seeds at 35
     assert curves["heun"][0] == [35] and curves["heun"][1] == pytest.approx([4.0])
+
+
+def test_shapes_rows_scored_against_held_out_shapes(tmp_path, tiny_shapes_run):
+    bench = load_script("bench_samplers")
+    argv = ["--shapes-run", str(tiny_shapes_run), "--shapes-n", "4", "--samplers", "dpm", "edm"]
+    argv += ["--nfe-index", "0", "--threads", "1", "--amp", "bf16"]
+    result = bench.main([*argv, "--out", str(tmp_path)])
+    rows = result["shapes"]
+    assert [(r["sampler"], r["nfe"]) for r in rows] == [("dpm", 10), ("edm", 2 * 5 - 1)]
+    for r in rows:
+        assert 0 <= r["one_nna"] <= 1 and 0 <= r["coverage"] <= 1
+        assert 0 <= r["connected_fraction"] <= 1 and 0 <= r["empty_fraction"] <= 1
+    assert json.loads((tmp_path / "bench_samplers.json").read_text())["shapes"] == rows
+    names = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert names == ["shapes_1nna.png", "shapes_connected.png", "shapes_dpm_10nfe.png", "shapes_edm_9nfe.png"]
+
+
+def test_shapes_run_must_be_a_shapes_run(tmp_path, tiny_mnist_run):
+    bench = load_script("bench_samplers")
+    with pytest.raises(ValueError, match="not a run of whole shapes"):
+        bench.main(["--shapes-run", str(tiny_mnist_run), "--samplers", "dpm", "--nfe-index", "0",
+                    "--threads", "1", "--out", str(tmp_path)])  # fmt: skip
