@@ -92,7 +92,7 @@ def _run(weights: Path, name: str):
 def measure_mnist(weights: Path, n: int = 500) -> dict[str, Any]:
     """500 samples with the default sampler, scored against the MNIST test split (never trained on)."""
     from volscore.data.mnist import load_mnist
-    from volscore.generate import sample_run_tensor
+    from volscore.generate import run_sigmas, sample_run_tensor
     from volscore.metrics.classifier import load_or_train_classifier
     from volscore.metrics.mnist import cache_dir, evaluate_mnist_samples
     from volscore.sampling.settings import SamplerSettings
@@ -106,7 +106,8 @@ def measure_mnist(weights: Path, n: int = 500) -> dict[str, Any]:
     m = evaluate_mnist_samples(x, clf, train_x, test_x)
     levels = settings.steps or 18
     return {
-        "sampler": f"{settings.sampler}, {levels} levels, {settings.network_evaluations(levels)} evaluations",
+        "sampler": f"{settings.sampler}, {levels} levels to sigma {float(run_sigmas(run, settings)[-1]):g}, "
+        f"{settings.network_evaluations(levels)} evaluations",
         "confident_fraction": round(m["confident_fraction"], 4),
         "class_range": [round(min(m["class_histogram"]), 4), round(max(m["class_histogram"]), 4)],
         "frechet_distance_test": round(m["fd"], 3),

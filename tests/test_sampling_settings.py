@@ -29,6 +29,20 @@ def test_auto_keeps_asked_steps_and_a_named_sampler_is_left_alone():
     assert named.for_kind("mnist") is named
 
 
+def test_auto_fills_the_kinds_measured_constants_unless_given():
+    assert SamplerSettings().for_kind("mnist").sigma_min == DEFAULT_SAMPLERS["mnist"]["sigma_min"]
+    assert SamplerSettings(sigma_min=0.02).for_kind("mnist").sigma_min == 0.02  # asked: kept
+    assert SamplerSettings().for_kind("self-supervised").sigma_min is None  # the run's own
+    assert SamplerSettings(sampler="edm").for_kind("mnist").sigma_min is None  # a named sampler: as given
+
+
+def test_a_last_level_above_the_first_is_refused_naming_both():
+    settings = SamplerSettings().for_kind("nifti")  # ends at 0.06
+    with pytest.raises(ValueError, match="sigma_min 0.06 .* sigma_max 0.05"):
+        sampling_sigmas(settings, 0.001, 0.05, 10)  # a run trained on sigma <= 0.05 only
+    assert len(sampling_sigmas(settings, 0.001, 1.0, 10)) == settings.steps
+
+
 def test_every_kind_default_is_a_known_sampler_with_levels():
     for chosen in [*DEFAULT_SAMPLERS.values(), FALLBACK_SAMPLER]:
         assert chosen["sampler"] in SAMPLERS and chosen["steps"] >= 2

@@ -26,6 +26,9 @@ def sampling_sigmas(settings: SamplerSettings, sigma_min: float, sigma_max: floa
     require_resolved(settings)
     lo = settings.sigma_min if settings.sigma_min is not None else sigma_min
     hi = settings.sigma_max if settings.sigma_max is not None else sigma_max
+    if lo >= hi:  # e.g. a kind's default last level (0.06) above a run trained only on smaller sigmas
+        raise ValueError(f"the last level sigma_min {lo:g} must lie below the first, sigma_max {hi:g}: "
+                         "give --sigma-min (and/or --sigma-max)")  # fmt: skip
     if settings.sampler in KARRAS_SAMPLERS:
         return karras_sigmas(settings.steps or DEFAULT_KARRAS_STEPS, lo, hi, settings.rho)
     return geometric_sigmas(hi, lo, settings.steps or num_sigmas)
