@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--n", type=int, default=500, help="MNIST samples per setting")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--sigma-min", type=float, help="every setting's last level (default: the run's)")
     p.add_argument("--amp", choices=("off", "bf16"), default="off", help="shapes: the network under autocast")
     p.add_argument("--out", default="runs/bench_samplers")
     p.add_argument(
@@ -150,11 +151,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"args": vars(args), "mnist": [], "shapes": [], "volume": []}
+    extra = {} if args.sigma_min is None else {"sigma_min": args.sigma_min}
     if args.mnist_run:
         run = Run.load(args.mnist_run)
         for sampler in args.samplers:
             for i in args.nfe_index:
-                r = mnist_quality(run, settings_for(sampler, LEVELS[sampler][i]), args.n, args.seed)
+                r = mnist_quality(run, settings_for(sampler, LEVELS[sampler][i], **extra), args.n, args.seed)
                 save_image_grid(r.pop("samples")[:64], out / f"mnist_{sampler}_{r['nfe']}nfe.png")
                 result["mnist"].append(r)
                 print(
@@ -169,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         run = Run.load(args.shapes_run)
         for sampler in args.samplers:
             for i in args.nfe_index:
-                settings = settings_for(sampler, LEVELS[sampler][i])
+                settings = settings_for(sampler, LEVELS[sampler][i], **extra)
                 r = shapes_quality(run, settings, args.shapes_n, args.seed, inference_dtype(args.amp))
                 save_shape_sheet(r.pop("samples")[:36], out / f"shapes_{sampler}_{r['nfe']}nfe.png", nrow=6)
                 result["shapes"].append(r)
@@ -186,7 +188,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for sampler in args.samplers:
             for i in args.nfe_index:
                 for seed in args.volume_seeds:
-                    r = volume_quality(run, settings_for(sampler, LEVELS[sampler][i]), seed)
+                    r = volume_quality(run, settings_for(sampler, LEVELS[sampler][i], **extra), seed)
                     result["volume"].append(r)
                     print(
                         f"volume {sampler:>8} L={r['levels']:>3} NFE={r['nfe']:>3} seed {seed}: SSIM "

@@ -21,6 +21,21 @@ def test_volume_rows_for_each_sampler_and_seed(tmp_path, tiny_run):
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["volume_noise.png", "volume_ssim.png"]
 
 
+def test_sigma_min_sets_every_settings_last_level(tmp_path, tiny_run, monkeypatch):
+    bench = load_script("bench_samplers")
+    seen = []
+
+    def quality(run, settings, seed):
+        seen.append(settings)
+        return {"sampler": settings.sampler, "levels": settings.steps, "nfe": 1, "seed": seed, "seconds": 0.0,
+                "ssim": 0.0, "noise_ratio": 1.0, "histogram_distance": 0.0}  # fmt: skip
+
+    monkeypatch.setattr(bench, "volume_quality", quality)
+    argv = ["--volume-run", str(tiny_run), "--samplers", "dpm", "heun", "--nfe-index", "0", "--threads", "1"]
+    bench.main([*argv, "--sigma-min", "0.06", "--out", str(tmp_path)])
+    assert [s.sigma_min for s in seen] == [0.06, 0.06]
+
+
 def test_curves_average_seeds_per_sampler_in_nfe_order():
     bench = load_script("bench_samplers")
     rows = [
