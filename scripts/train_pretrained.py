@@ -89,10 +89,21 @@ def _run(weights: Path, name: str):
     return Run.load(f"pretrained:{name}")
 
 
+def sampler_label(run: Any, settings: Any) -> str:
+    """The card's words for the sampler its figures were measured with, e.g. "dpm, 35 levels to sigma 0.06,
+    35 evaluations"."""
+    from volscore.generate import run_sigmas
+
+    sigmas = run_sigmas(run, settings)
+    levels = len(sigmas)
+    return (f"{settings.sampler}, {levels} levels to sigma {float(sigmas[-1]):g}, "
+            f"{settings.network_evaluations(levels)} evaluations")  # fmt: skip
+
+
 def measure_mnist(weights: Path, n: int = 500) -> dict[str, Any]:
     """500 samples with the default sampler, scored against the MNIST test split (never trained on)."""
     from volscore.data.mnist import load_mnist
-    from volscore.generate import run_sigmas, sample_run_tensor
+    from volscore.generate import sample_run_tensor
     from volscore.metrics.classifier import load_or_train_classifier
     from volscore.metrics.mnist import cache_dir, evaluate_mnist_samples
     from volscore.sampling.settings import SamplerSettings
@@ -104,10 +115,8 @@ def measure_mnist(weights: Path, n: int = 500) -> dict[str, Any]:
     test_x, _ = load_mnist("test")
     clf = load_or_train_classifier(cache_dir() / "mnist_classifier.pt", train_x, train_y)
     m = evaluate_mnist_samples(x, clf, train_x, test_x)
-    levels = settings.steps or 18
     return {
-        "sampler": f"{settings.sampler}, {levels} levels to sigma {float(run_sigmas(run, settings)[-1]):g}, "
-        f"{settings.network_evaluations(levels)} evaluations",
+        "sampler": sampler_label(run, settings),
         "confident_fraction": round(m["confident_fraction"], 4),
         "class_range": [round(min(m["class_histogram"]), 4), round(max(m["class_histogram"]), 4)],
         "frechet_distance_test": round(m["fd"], 3),
@@ -127,9 +136,8 @@ def measure_prior(weights: Path) -> dict[str, Any]:
     x = sample_run_tensor(run, settings, n=1, seed=0, progress=False)[0, 0]
     seconds = time.monotonic() - t0
     q = volume_sample_quality(x.numpy(), run.training_volume())
-    levels = settings.steps or 18
     return {
-        "sampler": f"{settings.sampler}, {levels} levels, {settings.network_evaluations(levels)} evaluations",
+        "sampler": sampler_label(run, settings),
         "sample_shape": list(x.shape),
         "ssim_vs_template": round(q["ssim"], 4),
         "noise_ratio_vs_template": round(q["noise_ratio"], 3),
