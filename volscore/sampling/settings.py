@@ -11,15 +11,18 @@ from typing import Any
 SAMPLERS = ("heun", "edm", "dpm", "annealed", "pc")
 AUTO = "auto"  # the measured best for the run's kind (DEFAULT_SAMPLERS)
 # The best sampler measured per kind of run at 35-80 network evaluations (README, "Samplers and the training
-# recipe"): MNIST, EDM's stochastic sampler at 40 levels (lowest Frechet distance at 79 evaluations);
-# stitched 3D volumes, DPM-Solver++(2M) at 35 (higher SSIM and lower noise than Heun at the same 35 on three
-# seeds, as good as Heun at 79); shapes were not compared: EDM's Heun default. Both measured kinds end their
-# chain at sigma 0.06 rather than the run's 0.01 (the network is least accurate at the smallest sigmas, which
-# EDM's log-normal training rarely draws): chosen on one seed (scripts/tune_sampler.py for MNIST), on others
-# MNIST's Frechet distance 10.0 -> 6.9 at 79 evaluations, the 3D prior's noise 1.26x -> 0.93x the template's.
+# recipe" and "3D shapes"): MNIST, EDM's stochastic sampler at 40 levels (lowest Frechet distance at 79
+# evaluations); stitched 3D volumes, DPM-Solver++(2M) at 35 (higher SSIM and lower noise than Heun at the same
+# 35 on three seeds, as good as Heun at 79); whole shapes, EDM's stochastic sampler at 18 levels (the lowest
+# 1-NNA of every sampler at 18-80 evaluations; deterministic solvers leave stray fragments). MNIST and volumes
+# end their chain at sigma 0.06 rather than the run's 0.01 (the network is least accurate at the smallest
+# sigmas, which EDM's log-normal training rarely draws): chosen on one seed (scripts/tune_sampler.py for
+# MNIST), on others MNIST's Frechet distance 10.0 -> 6.9 at 79 evaluations, the 3D prior's noise 1.26x ->
+# 0.93x the template's; on whole shapes (a 20-minute model, DPM-Solver) it changed nothing.
 DEFAULT_SAMPLERS: dict[str, dict[str, Any]] = {
     "mnist": {"sampler": "edm", "steps": 40, "sigma_min": 0.06},
     "nifti": {"sampler": "dpm", "steps": 35, "sigma_min": 0.06},
+    "shapes": {"sampler": "edm", "steps": 18},
     "self-supervised": {"sampler": "dpm", "steps": 35},
 }
 FALLBACK_SAMPLER: dict[str, Any] = {"sampler": "heun", "steps": 18}
@@ -44,7 +47,8 @@ class SamplerSettings:
         default=AUTO,
         metadata=_opt(
             "sampling algorithm; auto: the measured best for the run's kind (MNIST: edm, 40 levels; 3D "
-            "volumes: dpm, 35 levels; both down to sigma 0.06; others: heun, 18 levels)",
+            "volumes: dpm, 35 levels; both down to sigma 0.06; whole shapes: edm, 18 levels; others: heun, "
+            "18 levels)",
             choices=(AUTO, *SAMPLERS),
         ),
     )
