@@ -20,6 +20,7 @@ L x n_steps_each + 1, predictor-corrector L x 2) and scored:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
@@ -79,22 +80,30 @@ def mnist_quality(run, settings, n: int, seed: int) -> dict[str, Any]:
     }
 
 
+@functools.lru_cache(maxsize=2)
+def shape_sets(kind: str, size: int, seed: int, n: int) -> tuple[Any, Any]:
+    """The training shapes and the first ``n`` held-out reference shapes of a kind, made once per benchmark
+    (every sampler setting is scored against the same sets)."""
+    from volscore.data.shapes import make_shapes
+
+    train, _ = make_shapes(kind, size=size, seed=seed, split="train")
+    reference, _ = make_shapes(kind, n=n, size=size, seed=seed, split="reference")
+    return train, reference
+
+
 def shapes_quality(run, settings, n: int, seed: int, amp: torch.dtype | None = None) -> dict[str, Any]:
     """``n`` whole shapes of a ``shapes:KIND`` run scored against the first ``n`` held-out reference shapes
     of its kind and size (1-NNA is centred on 50 % only for sets of equal size) and its training shapes."""
-    from volscore.data.shapes import make_shapes
     from volscore.generate import run_sigmas, sample_run_tensor
     from volscore.metrics import evaluate_shapes
 
-    if run.data.get("kind") != "shapes":
-        kind = run.data.get("kind")
-        raise ValueError(f"--shapes-run {run.name}: not a run of whole shapes (kind {kind!r})")
-    kind, size = run.data["shape_kind"], int(run.data["size"])
+    if run.kind != "shapes":
+        raise ValueError(f"--shapes-run {run.name}: not a run of whole shapes (kind {run.kind!r})")
     t0 = time.perf_counter()
     x = sample_run_tensor(run, settings, n=n, seed=seed, progress=False, amp=amp)
     seconds = time.perf_counter() - t0
-    train, _ = make_shapes(kind, size=size, seed=int(run.data.get("seed", 0)), split="train")
-    reference, _ = make_shapes(kind, n=n, size=size, seed=int(run.data.get("seed", 0)), split="reference")
+    data = run.data
+    train, reference = shape_sets(data["shape_kind"], int(data["size"]), int(data.get("seed", 0)), n)
     levels = len(run_sigmas(run, settings))
     return {
         **evaluate_shapes(x, reference, train, seed=seed),
